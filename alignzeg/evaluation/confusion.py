@@ -1,0 +1,177 @@
+"""Confusion matrix and zero-shot segmentation metrics, in plain numpy (torch inputs accepted).
+
+The metric definitions follow the zero-shot segmentation protocol of ZegCLIP (Zhou et al., CVPR 2023,
+github.com/ZiqinZhou66/ZegCLIP) and its followers, AlignZeg included (Ge et al., ECCV 2024,
+arXiv 2404.05667): everything is measured in the **joint** label space (seen + unseen classes compete
+in one argmax), then averaged over the seen and the unseen classes separately.
+
+Per class ``c`` of the confusion matrix ``M`` (rows = ground truth, columns = prediction):
+
+* ``IoU_c = M[c, c] / (sum_j M[c, j] + sum_i M[i, c] - M[c, c])``
+* ``Acc_c = M[c, c] / sum_j M[c, j]``
+
+A class with no ground-truth pixel **and** no predicted pixel has an empty union: its IoU is NaN and it
+is left out of every mean (numpy ``nanmean``, exactly as mmseg's ``IoUMetric`` averages). A class with
+no ground truth but some predicted pixels has IoU 0 (all its predictions are false positives) and
+Acc NaN. All returned numbers are percentages (0..100) and unrounded.
+
+* ``mIoU`` mean IoU over all classes; ``mIoU_seen`` / ``mIoU_unseen`` over the seen / unseen classes.
+* ``hIoU = 2 * S * U / (S + U)`` from the unrounded seen and unseen mIoU; 0 when ``S + U == 0``,
+  NaN when either of them is NaN (no seen, or no unseen, class was ever present or predicted).
+* ``aAcc`` pixel accuracy over all non-ignored pixels.
+* ``unseen_to_seen`` share of unseen-class ground-truth pixels predicted as any seen class: the
+  seen-class bias that AlignZeg's predictive bias correction targets. NaN without unseen pixels.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+METRIC_KEYS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen")
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def confusion_matrix(pred, gt, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """Count pixels per (ground truth, prediction) pair: a ``num_classes`` x ``num_classes`` int64 array.
+
+    ``pred`` and ``gt`` are integer label maps of the same shape (numpy arrays or torch tensors on any
+    device; with torch the counting runs on the tensors' device and only the C x C matrix is copied to
+    the host). Pixels whose ground truth equals ``ignore_index`` are skipped. Any other label outside
+    ``0..num_classes-1`` in either map is an error, not silently dropped.
+    """
+    if num_classes <= 0:
+        raise ValueError(f"confusion_matrix: num_classes must be positive, got {num_classes}")
+    if tuple(pred.shape) != tuple(gt.shape):
+        raise ValueError(f"confusion_matrix: prediction shape {tuple(pred.shape)} differs from "
+                         f"ground-truth shape {tuple(gt.shape)}")
+    if _is_torch(pred) or _is_torch(gt):
+        import torch
+
+        pred_t = torch.as_tensor(pred)
+        gt_t = torch.as_tensor(gt, device=pred_t.device)
+        valid = gt_t != ignore_index
+        p = pred_t[valid].long()
+        g = gt_t[valid].long()
+        _check_range(g, num_classes, "ground truth", ignore_index)
+        _check_range(p, num_classes, "prediction", ignore_index)
+        counts = torch.bincount(g * num_classes + p, minlength=num_classes * num_classes)
+        return counts.reshape(num_classes, num_classes).cpu().numpy().astype(np.int64)
+    pred_a = np.asarray(pred)
+    gt_a = np.asarray(gt)
+    valid = gt_a != ignore_index
+    p = pred_a[valid].astype(np.int64)
+    g = gt_a[valid].astype(np.int64)
+    _check_range(g, num_classes, "ground truth", ignore_index)
+    _check_range(p, num_classes, "prediction", ignore_index)
+    counts = np.bincount(g * num_classes + p, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).astype(np.int64)
+
+
+def _check_range(values, num_classes: int, what: str, ignore_index: int) -> None:
+    if values.numel() if _is_torch(values) else values.size:
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi >= num_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"confusion_matrix: {what} label {bad} is outside 0..{num_classes - 1} "
+                f"(and is not the ignore index {ignore_index}); the label map and the class list "
+                f"do not match")
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def harmonic_iou(seen: float, unseen: float) -> float:
+    """``2 S U / (S + U)``; 0 when ``S + U == 0``; NaN when either input is NaN."""
+    if math.isnan(seen) or math.isnan(unseen):
+        return float("nan")
+    if seen + unseen == 0:
+        return 0.0
+    return 2.0 * seen * unseen / (seen + unseen)
+
+
+def metrics_from_confusion(matrix, classes: Sequence[str], unseen: Sequence[str]) -> dict:
+    """Zero-shot metrics from a full-label-space confusion matrix (see the module docstring).
+
+    ``classes`` names the matrix rows/columns in label order; ``unseen`` lists the unseen class names
+    (each must be in ``classes``); all other classes are seen. Returns
+    ``{"mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "per_class", "confusion"}``
+    with ``per_class`` a list of ``{"class", "split", "IoU", "Acc", "gt_pixels", "pred_pixels"}`` and
+    ``confusion`` = ``{"classes": [...], "matrix": [[int, ...], ...]}``.
+    """
+    m = np.asarray(matrix.cpu() if _is_torch(matrix) else matrix, dtype=np.int64)
+    classes = [str(c) for c in classes]
+    n = len(classes)
+    if m.shape != (n, n):
+        raise ValueError(f"metrics_from_confusion: matrix shape {m.shape} does not match the "
+                         f"{n} class names")
+    if len(set(classes)) != n:
+        dup = sorted({c for c in classes if classes.count(c) > 1})
+        raise ValueError(f"metrics_from_confusion: duplicate class names {dup}")
+    missing = [u for u in unseen if u not in classes]
+    if missing:
+        raise ValueError(f"metrics_from_confusion: unseen classes {missing} are not in 'classes'")
+    unseen_set = set(unseen)
+    is_unseen = np.array([c in unseen_set for c in classes], dtype=bool)
+
+    tp = np.diag(m).astype(np.float64)
+    gt_pixels = m.sum(axis=1)
+    pred_pixels = m.sum(axis=0)
+    union = gt_pixels + pred_pixels - np.diag(m)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan) * 100.0
+        acc = np.where(gt_pixels > 0, tp / np.maximum(gt_pixels, 1), np.nan) * 100.0
+
+    total = int(m.sum())
+    seen_miou = _nanmean(iou[~is_unseen])
+    unseen_miou = _nanmean(iou[is_unseen])
+    unseen_gt = int(m[is_unseen].sum())
+    unseen_as_seen = int(m[np.ix_(is_unseen, ~is_unseen)].sum())
+    return {
+        "mIoU": _nanmean(iou),
+        "mIoU_seen": seen_miou,
+        "mIoU_unseen": unseen_miou,
+        "hIoU": harmonic_iou(seen_miou, unseen_miou),
+        "aAcc": 100.0 * float(tp.sum()) / total if total else float("nan"),
+        "unseen_to_seen": 100.0 * unseen_as_seen / unseen_gt if unseen_gt else float("nan"),
+        "per_class": [
+            {"class": c, "split": "unseen" if is_unseen[i] else "seen", "IoU": float(iou[i]),
+             "Acc": float(acc[i]), "gt_pixels": int(gt_pixels[i]), "pred_pixels": int(pred_pixels[i])}
+            for i, c in enumerate(classes)
+        ],
+        "confusion": {"classes": classes, "matrix": m.tolist()},
+    }
+
+
+def nan_to_none(obj):
+    """Recursively replace float NaN by ``None`` so the result is strict JSON (``null``)."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_to_none(v) for v in obj]
+    return obj
+
+
+def format_table(metrics: dict) -> str:
+    """A plain-text per-class table plus the summary line, for logs."""
+    rows = metrics["per_class"]
+    width = max([len("class")] + [len(r["class"]) for r in rows])
+
+    def num(x: float) -> str:
+        return "   nan" if math.isnan(x) else f"{x:6.2f}"
+
+    lines = [f"{'class':<{width}}  split     IoU    Acc  gt_pixels  pred_pixels"]
+    for r in rows:
+        lines.append(f"{r['class']:<{width}}  {r['split']:<6}  {num(r['IoU'])} {num(r['Acc'])}  "
+                     f"{r['gt_pixels']:>9}  {r['pred_pixels']:>11}")
+    lines.append("  ".join(f"{k} {num(metrics[k]).strip()}" for k in METRIC_KEYS))
+    return "\n".join(lines)
