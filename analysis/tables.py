@@ -1,0 +1,660 @@
+"""Tidy tables from zero-shot metric JSON: ``alignzeg analyse --results DIR --out DIR``.
+
+Input layout (written by the DVC evaluation stages)::
+
+    RESULTS/<method>/seed<k>/zeroshot_metrics.json          metric JSON (alignzeg.evaluation)
+    RESULTS/<method>/seed<k>/scores.npz                     optional analysis extras
+    RESULTS/ablation/<variant>/components.json               {"mrpe": bool, "fes": bool, "bds": bool, "pbc": bool}
+    RESULTS/ablation/<variant>/seed<k>/zeroshot_metrics.json
+
+Outputs (written atomically into ``--out``)::
+
+    runs_long.csv        one row per (group, method, seed, metric): the tidy table every other table comes from
+    per_class.csv        one row per (group, method, seed, class) with IoU, Acc, pixel counts
+    per_class_mean.csv   per (method, class): IoU mean, std and number of seeds
+    main_table.csv/.md   method x {S, U, hIoU, mIoU, aAcc, unseen->seen}: mean, std, n seeds
+    ablation_table.csv/.md   the paper-style component ablation (only if RESULTS/ablation exists)
+    unseen_to_seen_confusion.csv   share of each unseen class's pixels predicted as each seen class
+    summary.json         winner on hIoU with its margin and seed spread, run inventory, settings
+    figures/*.png|svg, figures.json   plots (analysis.plots) and the numbers their captions use
+
+Statistics: every "std" is the *sample* standard deviation over seeds (``ddof=1``, as pandas' default).
+With a single seed it is undefined: stored as NaN in CSV/JSON (``null``) and shown as "–" in Markdown.
+Metric values are percentages (0..100) exactly as the metric JSON stores them, unrounded; rounding
+happens only in Markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "zeroshot_metrics.json"
+SCORES_FILE = "scores.npz"
+COMPONENTS_FILE = "components.json"
+ABLATION_DIR = "ablation"
+COMPONENTS = ("mrpe", "fes", "bds", "pbc")
+COMPONENT_LABELS = {"mrpe": "MRPE", "fes": "FES", "bds": "BDS", "pbc": "PBC"}
+SEED_DIR = re.compile(r"^seed(\d+)$")
+
+# metric JSON key -> short column name used in tables
+MAIN_METRICS: dict[str, str] = {
+    "mIoU_seen": "S",
+    "mIoU_unseen": "U",
+    "hIoU": "hIoU",
+    "mIoU": "mIoU",
+    "aAcc": "aAcc",
+    "unseen_to_seen": "unseen→seen",
+}
+REQUIRED_KEYS = tuple(MAIN_METRICS)
+DERIVED_METRICS = ("seen_unseen_gap",)  # S - U: the misalignment gap, per run
+DASH = "–"
+
+
+# --------------------------------------------------------------------------------------------- runs
+@dataclass
+class Run:
+    """One evaluated run: ``group`` is "main" or "ablation"; ``method`` is the folder name."""
+
+    group: str
+    method: str
+    seed: int
+    path: Path
+    metrics: dict[str, Any]
+    scores_path: Path | None = None
+    components: dict[str, bool] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def hiou(seen: float, unseen: float) -> float:
+    """Harmonic mean of seen and unseen mIoU, ``2SU/(S+U)``; 0 when both are 0."""
+    s, u = float(seen), float(unseen)
+    return 0.0 if s + u == 0 else 2.0 * s * u / (s + u)
+
+
+def load_metrics(path: str | Path) -> dict[str, Any]:
+    """Read and validate one metric JSON; errors name the file and the field."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    for key in REQUIRED_KEYS:
+        if key not in data:
+            raise ValueError(f"{path}: missing field '{key}' (metric JSON needs {', '.join(REQUIRED_KEYS)})")
+        value = data[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"{path}: field '{key}' must be a number, got {value!r}")
+    for i, row in enumerate(data.get("per_class") or []):
+        for key in ("class", "split", "IoU"):
+            if key not in row:
+                raise ValueError(f"{path}: per_class[{i}] lacks field '{key}'")
+        if row["split"] not in ("seen", "unseen"):
+            raise ValueError(f"{path}: per_class[{i}].split must be 'seen' or 'unseen', got {row['split']!r}")
+    conf = data.get("confusion")
+    if conf is not None:
+        if not isinstance(conf, dict) or "classes" not in conf or "matrix" not in conf:
+            raise ValueError(f"{path}: field 'confusion' needs 'classes' and 'matrix'")
+        n = len(conf["classes"])
+        mat = np.asarray(conf["matrix"])
+        if mat.shape != (n, n):
+            raise ValueError(f"{path}: confusion.matrix has shape {mat.shape}, expected ({n}, {n}) "
+                             f"from confusion.classes")
+    s, u, h = float(data["mIoU_seen"]), float(data["mIoU_unseen"]), float(data["hIoU"])
+    if abs(hiou(s, u) - h) > 1e-3:
+        log.warning("%s: hIoU %.4f differs from 2SU/(S+U) = %.4f; the stored value is used", path, h, hiou(s, u))
+    return data
+
+
+def load_components(path: Path) -> dict[str, bool]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object like {{\"mrpe\": true, ...}}")
+    out = {}
+    for key in COMPONENTS:
+        if key not in data:
+            raise ValueError(f"{path}: missing switch '{key}' (needs {', '.join(COMPONENTS)})")
+        if not isinstance(data[key], bool):
+            raise ValueError(f"{path}: switch '{key}' must be true or false, got {data[key]!r}")
+        out[key] = data[key]
+    return out
+
+
+def _seed_runs(method_dir: Path, group: str, method: str, components=None) -> list[Run]:
+    runs = []
+    for sub in sorted(method_dir.iterdir()):
+        m = SEED_DIR.match(sub.name)
+        if not sub.is_dir() or not m:
+            continue
+        metrics_path = sub / METRICS_FILE
+        if not metrics_path.is_file():
+            log.warning("%s: no %s, run skipped", sub, METRICS_FILE)
+            continue
+        scores = sub / SCORES_FILE
+        runs.append(Run(group=group, method=method, seed=int(m.group(1)), path=metrics_path,
+                        metrics=load_metrics(metrics_path),
+                        scores_path=scores if scores.is_file() else None, components=components))
+    return sorted(runs, key=lambda r: r.seed)
+
+
+def discover_runs(results: str | Path) -> list[Run]:
+    """Every run under ``results`` (main methods and ``ablation/<variant>``), sorted by method and seed."""
+    results = Path(results)
+    if not results.is_dir():
+        raise FileNotFoundError(f"--results {results}: folder not found")
+    runs: list[Run] = []
+    for method_dir in sorted(p for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if method_dir.name == ABLATION_DIR:
+            for variant_dir in sorted(p for p in method_dir.iterdir() if p.is_dir()):
+                comp_path = variant_dir / COMPONENTS_FILE
+                if not comp_path.is_file():
+                    log.warning("%s: no %s, ablation variant skipped", variant_dir, COMPONENTS_FILE)
+                    continue
+                comps = load_components(comp_path)
+                runs += _seed_runs(variant_dir, "ablation", variant_dir.name, comps)
+            continue
+        found = _seed_runs(method_dir, "main", method_dir.name)
+        if not found:
+            log.info("%s: no seed<k>/%s, not a method folder", method_dir, METRICS_FILE)
+        runs += found
+    if not runs:
+        raise FileNotFoundError(f"--results {results}: no <method>/seed<k>/{METRICS_FILE} found")
+    return runs
+
+
+# --------------------------------------------------------------------------------------------- tables
+def tidy_runs(runs: Iterable[Run]) -> pd.DataFrame:
+    """Long table: one row per (group, method, seed, metric) with the unrounded value."""
+    rows = []
+    for r in runs:
+        for key in REQUIRED_KEYS:
+            rows.append((r.group, r.method, r.seed, key, float(r.metrics[key])))
+        rows.append((r.group, r.method, r.seed, "seen_unseen_gap",
+                     float(r.metrics["mIoU_seen"]) - float(r.metrics["mIoU_unseen"])))
+    return pd.DataFrame(rows, columns=["group", "method", "seed", "metric", "value"])
+
+
+def per_class_table(runs: Iterable[Run]) -> pd.DataFrame:
+    cols = ["group", "method", "seed", "class", "split", "IoU", "Acc", "gt_pixels", "pred_pixels"]
+    rows = []
+    for r in runs:
+        for row in r.metrics.get("per_class") or []:
+            rows.append((r.group, r.method, r.seed, row["class"], row["split"], _num(row.get("IoU")),
+                         _num(row.get("Acc")), _num(row.get("gt_pixels")), _num(row.get("pred_pixels"))))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def per_class_mean(per_class: pd.DataFrame) -> pd.DataFrame:
+    """Per (group, method, class): IoU mean, sample std (ddof=1) and number of seeds; class order kept."""
+    if per_class.empty:
+        return pd.DataFrame(columns=["group", "method", "class", "split", "IoU_mean", "IoU_std", "n"])
+    g = per_class.groupby(["group", "method", "class", "split"], sort=False)["IoU"]
+    out = g.agg(IoU_mean="mean", IoU_std=lambda x: x.std(ddof=1), n="count").reset_index()
+    return out
+
+
+def _num(x):
+    return float("nan") if x is None else float(x)
+
+
+def summarise(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample std (ddof=1; NaN for one seed) and n per (group, method, metric)."""
+    g = tidy.groupby(["group", "method", "metric"], sort=False)["value"]
+    return g.agg(mean="mean", std=lambda x: x.std(ddof=1), n="count").reset_index()
+
+
+def fmt(x: float, decimals: int = 2) -> str:
+    return DASH if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{decimals}f}"
+
+
+def fmt_pm(mean: float, std: float, decimals: int = 2) -> str:
+    return f"{fmt(mean, decimals)} ± {fmt(std, decimals)}"
+
+
+def ordered_methods(methods: Iterable[str], order: Iterable[str] | None) -> list[str]:
+    """``order`` first (those present), then the rest alphabetically."""
+    methods = list(dict.fromkeys(methods))
+    first = [m for m in (order or []) if m in methods]
+    return first + sorted(m for m in methods if m not in first)
+
+
+def main_table(tidy: pd.DataFrame, names: dict[str, str] | None = None,
+               order: Iterable[str] | None = None, group: str = "main") -> pd.DataFrame:
+    """Method x metric table with ``<col>_mean``/``<col>_std`` columns and ``n_seeds``; numeric, unrounded."""
+    names = names or {}
+    stats = summarise(tidy[tidy["group"] == group])
+    methods = ordered_methods(stats["method"], order)
+    rows = []
+    for m in methods:
+        s = stats[stats["method"] == m].set_index("metric")
+        row: dict[str, Any] = {"method": m, "display": names.get(m, m), "n_seeds": int(s["n"].max())}
+        for key, col in MAIN_METRICS.items():
+            row[f"{col}_mean"] = float(s.at[key, "mean"])
+            row[f"{col}_std"] = float(s.at[key, "std"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main_table_markdown(table: pd.DataFrame, decimals: int = 2, ours: str | None = None) -> str:
+    header = ["Method"] + [f"{c} (%)" if c != "unseen→seen" else "unseen→seen (%)" for c in MAIN_METRICS.values()]
+    header += ["seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    best_h = table["hIoU_mean"].max() if not table.empty else None
+    for _, r in table.iterrows():
+        name = r["display"] + (" (ours)" if ours and r["method"] == ours else "")
+        cells = [name]
+        for col in MAIN_METRICS.values():
+            cell = fmt_pm(r[f"{col}_mean"], r[f"{col}_std"], decimals)
+            if col == "hIoU" and r["hIoU_mean"] == best_h:
+                cell = f"**{cell}**"
+            cells.append(cell)
+        cells.append(str(int(r["n_seeds"])))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Mean ± sample std (ddof=1) over seeds; {DASH} = one seed. S/U = mIoU over seen/unseen classes, "
+                 "hIoU = 2SU/(S+U) per run, unseen→seen = share of unseen-class pixels predicted as a seen class "
+                 "(lower is better). Bold: highest mean hIoU.")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- ablation
+def _variant_label(comps: dict[str, bool]) -> tuple[str, str, int]:
+    """(kind, label, sort key) of a switch combination, paper style."""
+    on = [c for c in COMPONENTS if comps[c]]
+    off = [c for c in COMPONENTS if not comps[c]]
+    if not on:
+        return "parent", "parent (all off)", 0
+    if not off:
+        return "full", "full", 99
+    if len(on) == 1:
+        return "add", f"+ {COMPONENT_LABELS[on[0]]}", 1 + COMPONENTS.index(on[0])
+    if len(off) == 1:
+        return "remove", f"full − {COMPONENT_LABELS[off[0]]}", 20 + COMPONENTS.index(off[0])
+    return "other", "+ " + " + ".join(COMPONENT_LABELS[c] for c in on), 10 + len(on)
+
+
+def _paired_diff(a: pd.Series, b: pd.Series) -> tuple[float, int]:
+    """Sample std (ddof=1) of per-seed differences a-b on the seeds both have, and their count."""
+    common = a.index.intersection(b.index)
+    if len(common) < 2:
+        return float("nan"), len(common)
+    d = (a.loc[common] - b.loc[common]).to_numpy(dtype=float)
+    return float(np.std(d, ddof=1)), len(common)
+
+
+def ablation_table(runs: Iterable[Run], tidy: pd.DataFrame) -> pd.DataFrame:
+    """Paper-form ablation: parent, each component added alone, each removed from full, full.
+
+    Columns: variant, kind, label, the four switches (bool), S/U/hIoU mean and std, n seeds,
+    ``delta_hIoU`` = mean hIoU of the row minus mean hIoU of the parent (all switches off), and
+    ``delta_hIoU_std`` = sample std of the per-seed differences on seeds both rows have (NaN if < 2).
+    Variants that fit no paper row (two switches on) are kept, between the add and remove rows.
+    """
+    comps = {r.method: r.components for r in runs if r.group == "ablation"}
+    if not comps:
+        return pd.DataFrame()
+    abl = tidy[tidy["group"] == "ablation"]
+    stats = summarise(abl)
+    per_seed_h = {v: abl[(abl["method"] == v) & (abl["metric"] == "hIoU")].set_index("seed")["value"]
+                  for v in comps}
+    parents = [v for v, c in comps.items() if not any(c.values())]
+    if len(parents) > 1:
+        raise ValueError(f"ablation: several variants have every switch off: {parents}")
+    parent = parents[0] if parents else None
+    if parent is None:
+        log.warning("ablation: no variant with all switches off; Δ hIoU is left empty")
+    rows = []
+    seen_combo: dict[tuple, str] = {}
+    for v, c in comps.items():
+        key = tuple(c[k] for k in COMPONENTS)
+        if key in seen_combo:
+            raise ValueError(f"ablation: variants '{seen_combo[key]}' and '{v}' have the same switches {c}")
+        seen_combo[key] = v
+        kind, label, order = _variant_label(c)
+        s = stats[stats["method"] == v].set_index("metric")
+        row: dict[str, Any] = {"variant": v, "kind": kind, "label": label, "_order": order}
+        row.update({k: c[k] for k in COMPONENTS})
+        for key_, col in (("mIoU_seen", "S"), ("mIoU_unseen", "U"), ("hIoU", "hIoU")):
+            row[f"{col}_mean"] = float(s.at[key_, "mean"])
+            row[f"{col}_std"] = float(s.at[key_, "std"])
+        row["n_seeds"] = int(s["n"].max())
+        if parent is not None:
+            ph = per_seed_h[parent]
+            row["delta_hIoU"] = row["hIoU_mean"] - float(ph.mean())
+            row["delta_hIoU_std"], row["delta_n_paired"] = _paired_diff(per_seed_h[v], ph)
+            if v == parent:
+                row["delta_hIoU_std"] = float("nan")
+        else:
+            row["delta_hIoU"], row["delta_hIoU_std"], row["delta_n_paired"] = float("nan"), float("nan"), 0
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["_order", "variant"]).drop(columns="_order").reset_index(drop=True)
+    for kind, n_expected in (("parent", 1), ("add", 4), ("remove", 4), ("full", 1)):
+        n = int((table["kind"] == kind).sum())
+        if n < n_expected:
+            log.warning("ablation: %d of %d '%s' rows present", n, n_expected, kind)
+    return table
+
+
+def ablation_markdown(table: pd.DataFrame, decimals: int = 2) -> str:
+    header = ["Variant"] + [COMPONENT_LABELS[c] for c in COMPONENTS] + ["S (%)", "U (%)", "hIoU (%)", "Δ hIoU", "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * 4 + ["---:"] * 5) + "|"]
+    for _, r in table.iterrows():
+        cells = [r["label"]] + ["✓" if r[c] else DASH for c in COMPONENTS]
+        cells += [fmt_pm(r[f"{c}_mean"], r[f"{c}_std"], decimals) for c in ("S", "U", "hIoU")]
+        if r["kind"] == "parent":
+            cells.append("0 (reference)")
+        elif math.isnan(r["delta_hIoU"]):
+            cells.append(DASH)
+        else:
+            d = f"{r['delta_hIoU']:+.{decimals}f}"
+            if not math.isnan(r["delta_hIoU_std"]):
+                d += f" ± {r['delta_hIoU_std']:.{decimals}f}"
+            cells.append(d)
+        cells.append(str(int(r["n_seeds"])))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Mean ± sample std (ddof=1) over seeds; {DASH} in a switch column = off, in a number = one seed. "
+                 "Δ hIoU = difference of mean hIoU to the parent (all off); its ± is the sample std of the per-seed "
+                 "differences on seeds both variants share.")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- winner
+def compare(tidy: pd.DataFrame, a: str, b: str, metric: str = "hIoU", group: str = "main") -> dict[str, Any]:
+    """Method ``a`` minus method ``b`` on ``metric``.
+
+    ``margin`` = difference of the means over each method's seeds. On seeds both methods have
+    (paired), ``paired_std`` = sample std (ddof=1) of the per-seed differences, ``paired_wins`` =
+    seeds where ``a`` is strictly higher. ``unpaired_se`` = sqrt(sa²/na + sb²/nb), for unpaired seeds.
+    """
+    sel = tidy[(tidy["group"] == group) & (tidy["metric"] == metric)]
+    va = sel[sel["method"] == a].set_index("seed")["value"]
+    vb = sel[sel["method"] == b].set_index("seed")["value"]
+    common = va.index.intersection(vb.index).sort_values()
+    d = (va.loc[common] - vb.loc[common]).to_numpy(dtype=float)
+    sa = float(va.std(ddof=1)) if len(va) > 1 else float("nan")
+    sb = float(vb.std(ddof=1)) if len(vb) > 1 else float("nan")
+    return {
+        "a": a, "b": b, "metric": metric,
+        "mean_a": float(va.mean()), "mean_b": float(vb.mean()),
+        "std_a": sa, "std_b": sb, "n_a": int(len(va)), "n_b": int(len(vb)),
+        "margin": float(va.mean() - vb.mean()),
+        "paired_seeds": [int(s) for s in common],
+        "paired_mean_diff": float(d.mean()) if len(d) else float("nan"),
+        "paired_std": float(np.std(d, ddof=1)) if len(d) > 1 else float("nan"),
+        "paired_wins": int((d > 0).sum()),
+        "unpaired_se": float(math.sqrt(sa ** 2 / len(va) + sb ** 2 / len(vb))) if len(va) > 1 and len(vb) > 1
+        else float("nan"),
+    }
+
+
+def winner_summary(tidy: pd.DataFrame, metric: str = "hIoU", ours: str | None = None,
+                   names: dict[str, str] | None = None, order: Iterable[str] | None = None) -> dict[str, Any]:
+    """Ranking of the main methods by mean ``metric``; winner vs runner-up; ``ours`` vs the best other."""
+    names = names or {}
+    sel = tidy[(tidy["group"] == "main") & (tidy["metric"] == metric)]
+    if sel.empty:
+        return {"metric": metric, "ranking": [], "winner": None}
+    methods = ordered_methods(sel["method"], order)
+    means = sel.groupby("method")["value"].mean()
+    # stable: ties keep the given method order
+    ranking = sorted(methods, key=lambda m: -means[m])
+    out: dict[str, Any] = {
+        "metric": metric,
+        "ranking": [{"method": m, "display": names.get(m, m), "mean": float(means[m]),
+                     "std": float(sel[sel["method"] == m]["value"].std(ddof=1)),
+                     "n": int((sel["method"] == m).sum())} for m in ranking],
+        "winner": ranking[0],
+        "winner_display": names.get(ranking[0], ranking[0]),
+        "tie": len(ranking) > 1 and means[ranking[0]] == means[ranking[1]],
+    }
+    if len(ranking) > 1:
+        out["runner_up"] = ranking[1]
+        out["runner_up_display"] = names.get(ranking[1], ranking[1])
+        out["vs_runner_up"] = compare(tidy, ranking[0], ranking[1], metric)
+    if ours is not None:
+        if ours not in methods:
+            log.warning("ours='%s' has no run among %s", ours, methods)
+        else:
+            others = [m for m in ranking if m != ours]
+            out["ours"] = ours
+            out["ours_display"] = names.get(ours, ours)
+            out["ours_rank"] = ranking.index(ours) + 1
+            if others:
+                out["ours_vs_best_other"] = compare(tidy, ours, others[0], metric)
+                out["ours_vs_best_other_unseen"] = compare(tidy, ours, max(others, key=lambda m: _mean(
+                    tidy, m, "mIoU_unseen")), "mIoU_unseen")
+    return out
+
+
+def _mean(tidy: pd.DataFrame, method: str, metric: str, group: str = "main") -> float:
+    sel = tidy[(tidy["group"] == group) & (tidy["method"] == method) & (tidy["metric"] == metric)]
+    return float(sel["value"].mean())
+
+
+# --------------------------------------------------------------------------------------------- confusion
+def unseen_to_seen_shares(runs: Iterable[Run]) -> dict[str, dict[str, Any]]:
+    """Per main method: the unseen-row x seen-column block of the summed confusion, row-normalised.
+
+    Confusion counts are summed over the method's seeds (all seeds evaluate the same images, so this
+    equals the mean of the per-seed shares up to rows a seed did not see). Share = pixels of unseen
+    class u predicted as seen class s / all pixels of class u. Rows with no pixels are dropped.
+    Returns {method: {"unseen": [...], "seen": [...], "share": 2-D array (percent), "n_runs": k}}.
+    """
+    acc: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        if r.group != "main":
+            continue
+        conf = r.metrics.get("confusion")
+        pc = r.metrics.get("per_class")
+        if not conf or not pc:
+            continue
+        classes = list(conf["classes"])
+        split = {row["class"]: row["split"] for row in pc}
+        missing = [c for c in classes if c not in split]
+        if missing:
+            raise ValueError(f"{r.path}: confusion classes {missing[:5]} have no per_class entry (seen/unseen)")
+        mat = np.asarray(conf["matrix"], dtype=np.float64)
+        entry = acc.setdefault(r.method, {"classes": classes, "split": split, "matrix": np.zeros_like(mat),
+                                          "n_runs": 0})
+        if entry["classes"] != classes:
+            raise ValueError(f"{r.path}: confusion classes differ from another seed of '{r.method}'")
+        entry["matrix"] += mat
+        entry["n_runs"] += 1
+    out = {}
+    for m, e in acc.items():
+        classes, split, mat = e["classes"], e["split"], e["matrix"]
+        ui = [i for i, c in enumerate(classes) if split[c] == "unseen"]
+        si = [i for i, c in enumerate(classes) if split[c] == "seen"]
+        totals = mat[ui].sum(axis=1)
+        keep = totals > 0
+        if not keep.all():
+            log.info("%s: unseen classes without pixels dropped from the confusion: %s", m,
+                     [classes[ui[k]] for k in np.flatnonzero(~keep)])
+        ui = [u for u, k in zip(ui, keep) if k]
+        share = 100.0 * mat[np.ix_(ui, si)] / totals[keep][:, None] if ui else np.zeros((0, len(si)))
+        out[m] = {"unseen": [classes[i] for i in ui], "seen": [classes[i] for i in si], "share": share,
+                  "n_runs": e["n_runs"]}
+    return out
+
+
+def confusion_long(shares: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for m, e in shares.items():
+        for i, u in enumerate(e["unseen"]):
+            for j, s in enumerate(e["seen"]):
+                rows.append((m, u, s, float(e["share"][i, j])))
+    return pd.DataFrame(rows, columns=["method", "unseen_class", "seen_class", "share"])
+
+
+# --------------------------------------------------------------------------------------------- settings
+@dataclass
+class Settings:
+    """What ``alignzeg analyse`` reads from the params section (all optional) or the command line."""
+
+    names: dict[str, str] = field(default_factory=dict)   # folder name -> display name; order = table order
+    ours: str | None = None
+    dataset: str | None = None                            # dataset key for published comparisons
+    setting: str = "inductive"                            # inductive | transductive
+    metric: str = "hIoU"
+    top_k: int = 10
+    decimals: int = 2
+    plots: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"names": self.names, "order": list(self.names), "ours": self.ours, "dataset": self.dataset,
+                "setting": self.setting, "metric": self.metric, "top_k": self.top_k, "decimals": self.decimals}
+
+
+def load_settings(params: str | Path | None, section: str = "analyse") -> Settings:
+    """Read ``section`` of a params YAML: keys ``methods`` (mapping folder -> display name, or a list of
+    folder names), ``ours``, ``dataset``, ``setting``, ``metric``, ``top_k``, ``decimals``.
+    ``dataset``/``setting`` fall back to the ``base`` section when absent."""
+    st = Settings()
+    if params is None:
+        return st
+    import yaml
+
+    path = Path(params)
+    if not path.is_file():
+        raise FileNotFoundError(f"--params {path}: file not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    if section not in data:
+        raise KeyError(f"--params {path}: no section '{section}' (sections: {', '.join(map(str, data))})")
+    sec = data[section] or {}
+    base = data.get("base") or {}
+    methods = sec.get("methods") or {}
+    if isinstance(methods, list):
+        methods = {str(m): str(m) for m in methods}
+    elif not isinstance(methods, dict):
+        raise ValueError(f"--params {path}: {section}.methods must be a mapping folder -> display name or a list")
+    st.names = {str(k): str(v if v is not None else k) for k, v in methods.items()}
+    st.ours = sec.get("ours")
+    st.dataset = sec.get("dataset", base.get("dataset"))
+    st.setting = str(sec.get("setting", base.get("setting", st.setting)))
+    st.metric = str(sec.get("metric", st.metric))
+    st.top_k = int(sec.get("top_k", st.top_k))
+    st.decimals = int(sec.get("decimals", st.decimals))
+    if st.metric not in REQUIRED_KEYS:
+        raise ValueError(f"--params {path}: {section}.metric must be one of {REQUIRED_KEYS}, got {st.metric!r}")
+    if st.setting not in ("inductive", "transductive"):
+        raise ValueError(f"--params {path}: {section}.setting must be inductive or transductive, got {st.setting!r}")
+    return st
+
+
+# --------------------------------------------------------------------------------------------- driver
+def _json_safe(obj):
+    """NaN/inf -> None, numpy scalars -> Python, recursively."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return None if not math.isfinite(f) else f
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def analyse(results: str | Path, out: str | Path, settings: Settings | None = None) -> dict[str, Any]:
+    """Build every table (and, unless ``settings.plots`` is false, every figure) into ``out``.
+
+    Returns the summary dict that is also written to ``out/summary.json``.
+    """
+    from alignzeg.utils import atomic_output_dir
+
+    st = settings or Settings()
+    results = Path(results)
+    runs = discover_runs(results)
+    tidy = tidy_runs(runs)
+    pcls = per_class_table(runs)
+    pmean = per_class_mean(pcls)
+    main_methods = ordered_methods([r.method for r in runs if r.group == "main"], st.names)
+    table = main_table(tidy, st.names, main_methods) if main_methods else pd.DataFrame()
+    abl = ablation_table(runs, tidy)
+    shares = unseen_to_seen_shares(runs)
+    summary: dict[str, Any] = {
+        "results": str(results),
+        "settings": st.to_dict(),
+        "std": "sample standard deviation over seeds (ddof=1); null when a method has one seed",
+        "runs": [{"group": r.group, "method": r.method, "seed": r.seed, "metrics": str(r.path),
+                  "scores": str(r.scores_path) if r.scores_path else None} for r in runs],
+        "methods": main_methods,
+        "display": {m: st.names.get(m, m) for m in main_methods},
+        "winner": winner_summary(tidy, st.metric, st.ours, st.names, main_methods),
+        "main_table": table.to_dict(orient="records"),
+        "ablation": abl.to_dict(orient="records") if not abl.empty else [],
+    }
+    with atomic_output_dir(out) as tmp:
+        tidy.to_csv(tmp / "runs_long.csv", index=False)
+        pcls.to_csv(tmp / "per_class.csv", index=False)
+        pmean.to_csv(tmp / "per_class_mean.csv", index=False)
+        if not table.empty:
+            table.to_csv(tmp / "main_table.csv", index=False)
+            (tmp / "main_table.md").write_text(main_table_markdown(table, st.decimals, st.ours))
+        if not abl.empty:
+            abl.to_csv(tmp / "ablation_table.csv", index=False)
+            (tmp / "ablation_table.md").write_text(ablation_markdown(abl, st.decimals))
+        confusion_long(shares).to_csv(tmp / "unseen_to_seen_confusion.csv", index=False)
+        figures: dict[str, Any] = {}
+        if st.plots:
+            from analysis import plots
+
+            figures = plots.make_all(runs, table, pmean, shares, tmp / "figures", st)
+        (tmp / "figures.json").write_text(json.dumps(_json_safe(figures), indent=1) + "\n")
+        (tmp / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1) + "\n")
+    log.info("analysis of %d runs written to %s", len(runs), out)
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", required=True, help="results root: <method>/seed<k>/zeroshot_metrics.json "
+                        "and ablation/<variant>/seed<k>/...")
+    parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    parser.add_argument("--params", default=None, help="params.yaml to read display names, 'ours', dataset from")
+    parser.add_argument("--section", default="analyse", help="section of --params (default: analyse)")
+    parser.add_argument("--name", action="append", default=[], metavar="FOLDER=DISPLAY",
+                        help="display name of a method folder; repeat; order = table order (overrides params)")
+    parser.add_argument("--ours", default=None, help="method folder that is 'ours' (overrides params)")
+    parser.add_argument("--dataset", default=None, help="dataset key for the published-number comparison")
+    parser.add_argument("--setting", default=None, choices=["inductive", "transductive"])
+    parser.add_argument("--top-k", type=int, default=None, help="seen columns in the confusion heat map")
+    parser.add_argument("--decimals", type=int, default=None, help="decimals in Markdown tables")
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    st = load_settings(args.params, args.section)
+    if args.name:
+        names = {}
+        for item in args.name:
+            if "=" not in item:
+                raise SystemExit(f"--name {item!r}: expected FOLDER=DISPLAY")
+            k, v = item.split("=", 1)
+            names[k] = v
+        st.names = names
+    for attr in ("ours", "dataset", "setting", "top_k", "decimals"):
+        if getattr(args, attr) is not None:
+            setattr(st, attr, getattr(args, attr))
+    st.plots = not args.no_plots
+    analyse(args.results, args.out, st)
+    return 0

@@ -1,0 +1,88 @@
+"""Synthetic results trees with known numbers for the analysis tests."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CLASSES = ["sky", "road", "car", "tree", "cow", "giraffe"]
+UNSEEN = ["cow", "giraffe"]
+
+# per-seed (S, U) of the main methods: 2 methods x 3 paired seeds
+MAIN = {
+    "alignzeg": {0: (40.0, 30.0), 1: (42.0, 33.0), 2: (41.0, 29.0)},
+    "zegclip": {0: (45.0, 20.0), 1: (44.0, 22.0), 2: (46.0, 21.0)},
+}
+
+# ablation variants: name -> (switches, {seed: (S, U)})
+ABLATION = {
+    "parent": ((False, False, False, False), {0: (40.0, 20.0), 1: (41.0, 22.0)}),
+    "add_mrpe": ((True, False, False, False), {0: (41.0, 22.0), 1: (41.0, 23.0)}),
+    "add_fes": ((False, True, False, False), {0: (40.0, 23.0), 1: (40.0, 24.0)}),
+    "add_bds": ((False, False, True, False), {0: (40.0, 21.0), 1: (41.0, 22.0)}),
+    "add_pbc": ((False, False, False, True), {0: (38.0, 26.0), 1: (39.0, 27.0)}),
+    "minus_mrpe": ((False, True, True, True), {0: (40.0, 28.0), 1: (40.0, 29.0)}),
+    "minus_fes": ((True, False, True, True), {0: (41.0, 27.0), 1: (41.0, 27.0)}),
+    "minus_bds": ((True, True, False, True), {0: (41.0, 29.0), 1: (41.0, 30.0)}),
+    "minus_pbc": ((True, True, True, False), {0: (43.0, 25.0), 1: (43.0, 26.0)}),
+    "full": ((True, True, True, True), {0: (41.0, 30.0), 1: (42.0, 31.0)}),
+}
+
+
+def hiou(s: float, u: float) -> float:
+    return 2 * s * u / (s + u)
+
+
+def metric_json(s: float, u: float, seed: int, aacc: float = 80.0, u2s: float | None = None) -> dict:
+    """A metric JSON whose top-level numbers are the given ones; per_class and confusion come from a
+    random confusion matrix (they feed the plots, not the main-table numbers)."""
+    rng = np.random.default_rng(seed)
+    n = len(CLASSES)
+    mat = rng.integers(0, 30, size=(n, n)) + np.diag(rng.integers(100, 300, size=n))
+    tp = np.diag(mat).astype(float)
+    gt, pred = mat.sum(1), mat.sum(0)
+    per_class = [{"class": c, "split": "unseen" if c in UNSEEN else "seen",
+                  "IoU": float(100 * tp[i] / (gt[i] + pred[i] - tp[i])), "Acc": float(100 * tp[i] / gt[i]),
+                  "gt_pixels": int(gt[i]), "pred_pixels": int(pred[i])} for i, c in enumerate(CLASSES)]
+    return {"mIoU": (4 * s + 2 * u) / 6, "mIoU_seen": s, "mIoU_unseen": u, "hIoU": hiou(s, u), "aAcc": aacc,
+            "unseen_to_seen": 10.0 + seed if u2s is None else u2s, "per_class": per_class,
+            "confusion": {"classes": CLASSES, "matrix": mat.tolist()}}
+
+
+def write_run(folder: Path, metrics: dict, scores: dict | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "zeroshot_metrics.json").write_text(json.dumps(metrics))
+    if scores is not None:
+        np.savez(folder / "scores.npz", **scores)
+
+
+@pytest.fixture
+def results_root(tmp_path: Path) -> Path:
+    root = tmp_path / "results"
+    for m, seeds in MAIN.items():
+        for seed, (s, u) in seeds.items():
+            rng = np.random.default_rng(100 + seed)
+            scores = {"top_seen": rng.uniform(0.3, 0.9, 500).astype(np.float32),
+                      "top_unseen": rng.uniform(0.1, 0.8, 500).astype(np.float32)}
+            if m == "alignzeg":
+                y = rng.random(60) < 0.4
+                scores["indicator_prob"] = np.clip(0.5 * y + rng.normal(0.3, 0.2, 60), 0, 1)
+                scores["indicator_is_unseen"] = y
+            write_run(root / m / f"seed{seed}", metric_json(s, u, seed), scores)
+    for v, (sw, seeds) in ABLATION.items():
+        vdir = root / "ablation" / v
+        vdir.mkdir(parents=True)
+        (vdir / "components.json").write_text(json.dumps(dict(zip(("mrpe", "fes", "bds", "pbc"), sw))))
+        for seed, (s, u) in seeds.items():
+            write_run(vdir / f"seed{seed}", metric_json(s, u, seed))
+    return root
+
+
+@pytest.fixture
+def results_no_scores(tmp_path: Path) -> Path:
+    """One method with a single seed, no scores.npz, no ablation."""
+    root = tmp_path / "results_min"
+    write_run(root / "maskclip" / "seed0", metric_json(30.0, 10.0, 0))
+    return root
