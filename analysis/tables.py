@@ -95,8 +95,11 @@ def load_metrics(path: str | Path) -> dict[str, Any]:
         if key not in data:
             raise ValueError(f"{path}: missing field '{key}' (metric JSON needs {', '.join(REQUIRED_KEYS)})")
         value = data[key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ValueError(f"{path}: field '{key}' must be a number, got {value!r}")
+        if value is None:  # the metric writes NaN as null (e.g. no unseen pixel in the evaluation set)
+            log.warning("%s: field '%s' is null (undefined); it counts as NaN", path, key)
+            data[key] = float("nan")
+        elif not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"{path}: field '{key}' must be a number or null, got {value!r}")
     for i, row in enumerate(data.get("per_class") or []):
         for key in ("class", "split", "IoU"):
             if key not in row:
@@ -113,7 +116,7 @@ def load_metrics(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"{path}: confusion.matrix has shape {mat.shape}, expected ({n}, {n}) "
                              f"from confusion.classes")
     s, u, h = float(data["mIoU_seen"]), float(data["mIoU_unseen"]), float(data["hIoU"])
-    if abs(hiou(s, u) - h) > 1e-3:
+    if all(map(math.isfinite, (s, u, h))) and abs(hiou(s, u) - h) > 1e-3:
         log.warning("%s: hIoU %.4f differs from 2SU/(S+U) = %.4f; the stored value is used", path, h, hiou(s, u))
     return data
 

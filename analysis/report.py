@@ -1,0 +1,350 @@
+"""``alignzeg report --analysis DIR --out report.md``: the analysis folder as one Markdown report.
+
+Reads what ``alignzeg analyse`` wrote (``summary.json``, ``main_table.csv/.md``,
+``ablation_table.csv/.md``, ``figures.json`` and ``figures/``) and writes ``report.md`` with the
+tables, every figure with a paragraph generated from its numbers, and a "Published numbers" section
+from ``analysis/paper_table.yaml``: published numbers are put beside reproduced ones only where the
+analysed runs are on the same dataset (key or alias) and setting; otherwise the row says
+"no run on this dataset". Relative claims (AlignZeg's abstract) are shown as claims, next to the
+same difference measured in this suite, never as table numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.tables import COMPONENT_LABELS, DASH, fmt, fmt_pm
+
+log = logging.getLogger(__name__)
+
+PAPER_TABLE = Path(__file__).with_name("paper_table.yaml")
+
+
+# --------------------------------------------------------------------------------------------- inputs
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run 'alignzeg analyse' first)")
+    return json.loads(path.read_text())
+
+
+def _nan(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def load_paper_table(path: str | Path = PAPER_TABLE) -> dict[str, Any]:
+    """Read and validate the published-numbers YAML; errors name the file and the entry."""
+    import yaml
+
+    path = Path(path)
+    data = yaml.safe_load(path.read_text()) or {}
+    datasets = data.get("datasets") or {}
+    sources = data.get("sources") or {}
+    for i, r in enumerate(data.get("results") or []):
+        for key in ("method", "dataset", "setting", "S", "U", "hIoU", "source"):
+            if key not in r:
+                raise ValueError(f"{path}: results[{i}] lacks '{key}'")
+        if r["dataset"] not in datasets:
+            raise ValueError(f"{path}: results[{i}].dataset '{r['dataset']}' is not under 'datasets'")
+        if r["source"] not in sources:
+            raise ValueError(f"{path}: results[{i}].source '{r['source']}' is not under 'sources'")
+    for i, c in enumerate(data.get("claims") or []):
+        for key in ("method", "metric", "delta", "text", "source"):
+            if key not in c:
+                raise ValueError(f"{path}: claims[{i}] lacks '{key}'")
+        if c["source"] not in sources:
+            raise ValueError(f"{path}: claims[{i}].source '{c['source']}' is not under 'sources'")
+    return data
+
+
+def match_dataset(key: str | None, datasets: dict[str, Any]) -> str | None:
+    """The paper-table dataset key that ``key`` names (the key itself or an alias), or None."""
+    if not key:
+        return None
+    k = str(key).lower()
+    for name, d in datasets.items():
+        if k == name.lower() or k in [str(a).lower() for a in (d.get("aliases") or [])]:
+            return name
+    return None
+
+
+# --------------------------------------------------------------------------------------------- text
+def _pm(mean, std, d=2) -> str:
+    return fmt_pm(_nan(mean), _nan(std), d)
+
+
+def winner_paragraph(summary: dict[str, Any], d: int = 2) -> str:
+    w = summary.get("winner") or {}
+    ranking = w.get("ranking") or []
+    metric = w.get("metric", "hIoU")
+    if not ranking:
+        return "No main-method runs were found."
+    top = ranking[0]
+    if len(ranking) == 1:
+        return (f"Only one method was run: {top['display']} reaches {metric} {_pm(top['mean'], top['std'], d)} "
+                f"over {top['n']} seed(s).")
+    cmp_ = w["vs_runner_up"]
+    verb = "ties for" if w.get("tie") else "has"
+    text = (f"{w['winner_display']} {verb} the highest {metric} ({_pm(cmp_['mean_a'], cmp_['std_a'], d)} over "
+            f"{cmp_['n_a']} seed(s)), {cmp_['margin']:.{d}f} points above {w['runner_up_display']} "
+            f"({_pm(cmp_['mean_b'], cmp_['std_b'], d)}).")
+    k = len(cmp_["paired_seeds"])
+    if k >= 2:
+        text += (f" On the {k} seeds both share, the per-seed difference is {cmp_['paired_mean_diff']:.{d}f} ± "
+                 f"{fmt(_nan(cmp_['paired_std']), d)} (sample std) and {w['winner_display']} is ahead on "
+                 f"{cmp_['paired_wins']} of {k}.")
+        ps = _nan(cmp_["paired_std"])
+        if not math.isnan(ps) and ps > 0 and abs(cmp_["paired_mean_diff"]) < 2 * ps / math.sqrt(k):
+            text += " The margin is within two standard errors of the paired differences: not a clear win."
+    elif k == 1:
+        text += " Only one seed is shared, so the spread of the difference is unknown."
+    if "ours" in w and w["ours"] != w["winner"]:
+        o = w["ours_vs_best_other"]
+        text += (f" {w['ours_display']} ranks {w['ours_rank']} of {len(ranking)}, {o['margin']:.{d}f} points "
+                 f"from {_disp(summary, o['b'])}.")
+    return text
+
+
+def _disp(summary: dict[str, Any], method: str) -> str:
+    return (summary.get("display") or {}).get(method, method)
+
+
+def ablation_paragraph(abl: pd.DataFrame, d: int = 2) -> str:
+    if abl.empty:
+        return ""
+    parts = []
+    full = abl[abl["kind"] == "full"]
+    parent = abl[abl["kind"] == "parent"]
+    if len(full) and len(parent):
+        f, p = full.iloc[0], parent.iloc[0]
+        parts.append(f"With every component on, hIoU is {_pm(f['hIoU_mean'], f['hIoU_std'], d)}, "
+                     f"{f['delta_hIoU']:+.{d}f} points over the parent ({_pm(p['hIoU_mean'], p['hIoU_std'], d)}); "
+                     f"unseen mIoU moves from {fmt(p['U_mean'], d)} to {fmt(f['U_mean'], d)} and seen mIoU from "
+                     f"{fmt(p['S_mean'], d)} to {fmt(f['S_mean'], d)}.")
+    add = abl[abl["kind"] == "add"]
+    if len(add) and len(parent):
+        b = add.loc[add["delta_hIoU"].idxmax()]
+        parts.append(f"Added alone, {b['label'][2:]} helps most ({b['delta_hIoU']:+.{d}f} hIoU).")
+    rem = abl[abl["kind"] == "remove"]
+    if len(rem) and len(full):
+        f = full.iloc[0]
+        drops = f["hIoU_mean"] - rem["hIoU_mean"]
+        r = rem.loc[drops.idxmax()]
+        comp = r["label"].split("−", 1)[-1].strip()
+        parts.append(f"Removed from the full model, {comp} costs most ({-drops.max():+.{d}f} hIoU, "
+                     f"{fmt(r['hIoU_mean'], d)} vs {fmt(f['hIoU_mean'], d)}).")
+        neg = [rr["label"].split("−", 1)[-1].strip() for (_, rr), dd in zip(rem.iterrows(), drops) if dd < 0]
+        if neg:
+            parts.append(f"Removing {', '.join(neg)} raises hIoU on these seeds.")
+    return " ".join(parts)
+
+
+def figure_paragraph(fid: str, fig: dict[str, Any], summary: dict[str, Any], d: int = 2) -> str:
+    if "skipped" in fig:
+        return f"Not drawn: {fig['skipped']}."
+    st = fig.get("stats") or {}
+    kind = fid.split("/")[0]
+    if kind == "per_class_iou":
+        name = _disp(summary, st["method"])
+        text = (f"Per-class IoU of {name}, each bar the mean over seeds (error bar: sample std), seen classes in "
+                f"blue, unseen in orange. Averaged over classes, seen IoU is {fmt(_nan(st.get('seen_mean')), d)} "
+                f"and unseen IoU {fmt(_nan(st.get('unseen_mean')), d)} ({st['n_seen']} seen, "
+                f"{st['n_unseen']} unseen classes).")
+        if st.get("best_unseen") is not None:
+            text += (f" The best unseen class is {st['best_unseen']} ({st['best_unseen_iou']:.{d}f}), the worst "
+                     f"{st['worst_unseen']} ({st['worst_unseen_iou']:.{d}f}).")
+        return text
+    if kind == "unseen_to_seen":
+        name = _disp(summary, st["method"])
+        return (f"Where {name} sends unseen-class pixels: each row is an unseen class, each cell the share of its "
+                f"pixels predicted as a seen class (confusion summed over {st['n_runs']} seed(s)). On average over "
+                f"unseen classes, {st['mean_unseen_to_seen_share']:.1f}% of an unseen class's pixels go to seen "
+                f"classes; the worst is {st['most_confused_unseen']} ({st['most_confused_share']:.1f}%). The "
+                f"largest single flow is {st['top_unseen']} → {st['top_seen']} ({st['top_share']:.1f}%), and "
+                f"{st['most_absorbing_seen']} absorbs the most unseen pixels overall.")
+    if kind == "score_distributions":
+        items = sorted(st.items(), key=lambda kv: kv[1]["share_seen_wins"])
+        bits = [f"{_disp(summary, m)} {v['share_seen_wins']:.1f}% (median best seen {v['median_top_seen']:.3f} vs "
+                f"best unseen {v['median_top_unseen']:.3f}, n={v['n']})" for m, v in items]
+        text = ("The seen-class bias the paper names: on pixels whose ground truth is an unseen class, the best "
+                "seen-class score is compared with the best unseen-class score. The share of such pixels where a "
+                "seen class scores higher is " + "; ".join(bits) + ".")
+        if len(items) > 1 and items[0][1]["share_seen_wins"] < items[1][1]["share_seen_wins"]:
+            text += f" {_disp(summary, items[0][0])} is the least biased by this measure."
+        return text
+    if kind == "indicator_roc":
+        bits = []
+        for m, v in st.items():
+            b = (f"{_disp(summary, m)}'s class indicator separates unseen from seen proposals with AUC "
+                 f"{v['auc']:.3f} ({v['n_proposals']} proposals, {v['n_unseen']} matched to unseen classes, pooled "
+                 f"over {v['n_seeds']} seed(s)")
+            if v["n_seeds"] > 1:
+                b += f"; per seed {v['auc_seed_mean']:.3f} ± {fmt(_nan(v['auc_seed_std']), 3)}"
+            bits.append(b + ")")
+        return ". ".join(bits) + ". AUC 0.5 is chance, 1.0 perfect separation (rank formula, ties count one half)."
+    if kind == "seen_unseen_scatter":
+        gaps = st.get("seen_minus_unseen") or {}
+        text = ("Each method at its mean (seen mIoU, unseen mIoU) with sample-std error bars and faint per-seed "
+                "points; grey curves join points of equal hIoU, U = hS/(2S − h).")
+        if gaps:
+            order = sorted(gaps.items(), key=lambda kv: kv[1])
+            text += (" Seen minus unseen mIoU (the misalignment gap): "
+                     + ", ".join(f"{_disp(summary, m)} {g:.{d}f}" for m, g in order) + ".")
+            if len(order) > 1 and order[0][1] < order[1][1]:
+                text += f" {_disp(summary, order[0][0])} has the smallest gap."
+        return text
+    return ""
+
+
+# --------------------------------------------------------------------------------------------- published
+def published_section(paper: dict[str, Any], summary: dict[str, Any], main: pd.DataFrame,
+                      dataset: str | None, setting: str, d: int = 2) -> str:
+    datasets, sources = paper.get("datasets") or {}, paper.get("sources") or {}
+    ours_key = match_dataset(dataset, datasets)
+    lines = ["## Published numbers", ""]
+    if dataset is None:
+        where = "The analysed runs name no dataset key (params `analyse.dataset`), so none is compared."
+    elif ours_key is None:
+        where = (f"The analysed runs are on dataset `{dataset}` ({setting}), which has no published entry here.")
+    else:
+        where = (f"The analysed runs are on dataset `{dataset}` = {datasets[ours_key].get('name', ours_key)} "
+                 f"({setting}).")
+    lines += [where + " Published values are ViT-B/16 mIoU (%) from the cited source; reproduced values are "
+              "mean ± sample std over this suite's seeds.", ""]
+    lines += ["| Method | Backbone | Dataset | Setting | S | U | hIoU | Source | Reproduced S / U / hIoU | Δ hIoU |",
+              "|---|---|---|---|---:|---:|---:|---|---|---:|"]
+    for r in paper.get("results") or []:
+        ds = datasets[r["dataset"]].get("name", r["dataset"])
+        src = sources[r["source"]]
+        src_md = f"[{r['source']}]({src['url']})" if src.get("url") else r["source"]
+        cells = [r.get("display", r["method"]), r.get("backbone", ""), ds, r["setting"],
+                 f"{r['S']:.1f}", f"{r['U']:.1f}", f"{r['hIoU']:.1f}", src_md]
+        if ours_key != r["dataset"] or r["setting"] != setting:
+            cells += ["no run on this dataset" if ours_key != r["dataset"] else f"no {r['setting']} run on this dataset", DASH]
+        else:
+            row = _find_method(main, r["method"], r.get("display"))
+            if row is None:
+                cells += [f"no run of {r.get('display', r['method'])} on this dataset", DASH]
+            else:
+                cells += [" / ".join(_pm(row[f"{c}_mean"], row[f"{c}_std"], d) for c in ("S", "U", "hIoU")),
+                          f"{row['hIoU_mean'] - r['hIoU']:+.{d}f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    claims = paper.get("claims") or []
+    if claims:
+        lines += ["Claims recorded as claims (relative numbers, not table entries):", ""]
+        w = summary.get("winner") or {}
+        for c in claims:
+            src = sources[c["source"]]
+            line = f"- {c.get('display', c['method'])}: {c['text']} ({c.get('scope', '')}; source: "
+            line += f"[{src.get('title', c['source'])}]({src['url']}))." if src.get("url") else f"{c['source']})."
+            key = "ours_vs_best_other" if c["metric"] == "hIoU" else (
+                "ours_vs_best_other_unseen" if c["metric"] == "mIoU_unseen" else None)
+            if key and w.get("ours") == c["method"] and key in w:
+                o = w[key]
+                metric_name = "hIoU" if c["metric"] == "hIoU" else "unseen mIoU"
+                line += (f" In this suite ({dataset or 'unnamed dataset'}, {setting}): {w['ours_display']} minus the "
+                         f"best other method ({_disp(summary, o['b'])}) is {o['margin']:+.{d}f} {metric_name}")
+                if len(o["paired_seeds"]) >= 2:
+                    line += (f" (per-seed difference sample std {fmt(_nan(o['paired_std']), d)} over "
+                             f"{len(o['paired_seeds'])} paired seeds)")
+                line += f" vs the claimed {c['delta']:+.1f}."
+            else:
+                line += " No run of this method with a comparison method in the analysed results."
+            lines.append(line)
+        lines.append("")
+    notes = paper.get("notes")
+    if notes:
+        lines += [str(notes), ""]
+    return "\n".join(lines)
+
+
+def _find_method(main: pd.DataFrame, key: str, display: str | None):
+    if main.empty:
+        return None
+    wanted = {str(key).lower(), str(display or key).lower()}
+    for _, row in main.iterrows():
+        if str(row["method"]).lower() in wanted or str(row["display"]).lower() in wanted:
+            return row
+    return None
+
+
+# --------------------------------------------------------------------------------------------- report
+def build_report(analysis: str | Path, out: str | Path, paper_table: str | Path = PAPER_TABLE,
+                 dataset: str | None = None, setting: str | None = None, title: str | None = None) -> str:
+    """Compose ``report.md`` text from an analysis folder and write it to ``out``; return the text."""
+    from alignzeg.utils import atomic_write_text
+
+    analysis, out = Path(analysis), Path(out)
+    summary = _read_json(analysis / "summary.json")
+    figures = _read_json(analysis / "figures.json") if (analysis / "figures.json").is_file() else {}
+    st = summary.get("settings") or {}
+    d = int(st.get("decimals", 2))
+    dataset = dataset if dataset is not None else st.get("dataset")
+    setting = setting or st.get("setting") or "inductive"
+    main = pd.read_csv(analysis / "main_table.csv") if (analysis / "main_table.csv").is_file() else pd.DataFrame()
+    abl = (pd.read_csv(analysis / "ablation_table.csv") if (analysis / "ablation_table.csv").is_file()
+           else pd.DataFrame())
+    rel = Path(os.path.relpath(analysis.resolve(), out.resolve().parent))
+
+    runs = summary.get("runs") or []
+    n_main = sum(1 for r in runs if r["group"] == "main")
+    n_abl = sum(1 for r in runs if r["group"] == "ablation")
+    L = [f"# {title or 'Zero-shot segmentation results'}", ""]
+    L += [f"Runs: {n_main} main-method run(s)" + (f" and {n_abl} ablation run(s)" if n_abl else "")
+          + f" from `{summary.get('results', '?')}`; dataset `{dataset or 'unnamed'}`, {setting} setting. "
+          "All numbers are percentages; ± is the sample standard deviation over seeds (ddof=1), "
+          f"{DASH} where a method has a single seed. Metrics are measured in the joint label space "
+          "(seen and unseen classes compete in one prediction).", ""]
+
+    L += ["## Main results", ""]
+    md = analysis / "main_table.md"
+    L += [md.read_text().rstrip() if md.is_file() else "No main-method runs.", ""]
+    L += [winner_paragraph(summary, d), ""]
+
+    if not abl.empty:
+        L += ["## Ablation", ""]
+        L += [(analysis / "ablation_table.md").read_text().rstrip(), ""]
+        L += [f"Rows: the parent (all of {', '.join(COMPONENT_LABELS.values())} off), each component added "
+              "alone, each removed from the full model, and the full model. " + ablation_paragraph(abl, d), ""]
+
+    if figures:
+        L += ["## Figures", ""]
+        for fid, fig in figures.items():
+            L += [f"### {fig.get('title', fid)}", ""]
+            files = fig.get("files") or []
+            png = next((f for f in files if f.endswith(".png")), None)
+            if png:
+                svg = next((f for f in files if f.endswith(".svg")), None)
+                L += [f"![{fig.get('title', fid)}]({(rel / png).as_posix()})"]
+                if svg:
+                    L += ["", f"Vector version: [{Path(svg).name}]({(rel / svg).as_posix()})"]
+                L += [""]
+            L += [figure_paragraph(fid, fig, summary, d), ""]
+
+    L += [published_section(load_paper_table(paper_table), summary, main, dataset, setting, d)]
+    text = "\n".join(L).rstrip() + "\n"
+    atomic_write_text(out, text)
+    log.info("report written to %s", out)
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--analysis", required=True, help="folder written by 'alignzeg analyse'")
+    parser.add_argument("--out", required=True, help="report Markdown file to write")
+    parser.add_argument("--paper-table", default=str(PAPER_TABLE), help="published numbers YAML")
+    parser.add_argument("--dataset", default=None, help="dataset key (default: the one recorded by analyse)")
+    parser.add_argument("--setting", default=None, choices=["inductive", "transductive"])
+    parser.add_argument("--title", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    build_report(args.analysis, args.out, args.paper_table, args.dataset, args.setting, args.title)
+    return 0
