@@ -1,0 +1,177 @@
+"""mmseg metric for zero-shot segmentation: seen / unseen / harmonic mIoU from one confusion matrix.
+
+Follows the contract of mmseg's ``IoUMetric`` (mmsegmentation 1.x,
+``mmseg/evaluation/metrics/iou_metric.py``, Apache-2.0): ``process`` reduces each batch to counts,
+``compute_metrics`` turns the collected counts into numbers. Differences: one C x C confusion matrix
+(int64) is accumulated per process instead of four histograms per image, so memory stays constant
+over the dataset; the numbers are the zero-shot set (see :mod:`alignzeg.evaluation.confusion`), and the
+full table (per class, confusion matrix) can be written to ``<output_dir>/zeroshot_metrics.json``.
+
+Multi-process evaluation: each rank keeps ``self.results == [its summed matrix]`` (one entry);
+mmengine's ``collect_results`` gathers one matrix per rank and ``compute_metrics`` sums them. mmengine
+truncates the gathered list to the dataset size, which is never smaller than the number of ranks with
+its ``DefaultSampler`` (every rank receives at least one sample).
+"""
+from __future__ import annotations
+
+import os.path as osp
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from mmengine.evaluator import BaseMetric
+from mmengine.logging import MMLogger, print_log
+
+from mmseg.registry import METRICS
+
+from alignzeg.engine.checkpoint import first_difference
+from alignzeg.evaluation.confusion import (METRIC_KEYS, confusion_matrix, format_table,
+                                           metrics_from_confusion, nan_to_none)
+
+JSON_NAME = "zeroshot_metrics.json"
+
+
+def _field(obj: Any, key: str):
+    """``obj[key]`` for dicts (what mmengine's Evaluator passes), ``obj.key`` for data elements."""
+    if isinstance(obj, dict):
+        return obj[key]
+    return getattr(obj, key)
+
+
+def _has_field(obj: Any, key: str) -> bool:
+    return key in obj if isinstance(obj, dict) else hasattr(obj, key)
+
+
+@METRICS.register_module()
+class ZeroShotIoUMetric(BaseMetric):
+    """Joint-label-space mIoU over seen and unseen classes, their harmonic mean and the seen bias.
+
+    Args:
+        ignore_index: ground-truth label that is skipped. Defaults to 255.
+        unseen_classes: names of the unseen classes. Takes precedence over ``split``.
+        split: a split name or JSON path (:func:`alignzeg.splits.load_split`) giving the unseen classes;
+            its class list must equal the dataset's.
+            With neither argument, ``dataset_meta['unseen_classes']`` is used (every
+            ``ZeroShotSegDataset`` provides it); if that is missing too, evaluation raises.
+        output_dir: folder for ``zeroshot_metrics.json`` (written atomically, rank 0 only, overwritten
+            at every evaluation). None: no file.
+        collect_device, prefix: as for every mmengine metric.
+
+    Returns to mmengine the flat scalars ``mIoU, mIoU_seen, mIoU_unseen, hIoU, aAcc, unseen_to_seen``
+    (percentages, unrounded); the JSON holds the per-class table and the confusion matrix.
+    """
+
+    def __init__(self,
+                 ignore_index: int = 255,
+                 unseen_classes: Optional[Sequence[str]] = None,
+                 split: Optional[str] = None,
+                 output_dir: Optional[str] = None,
+                 collect_device: str = "cpu",
+                 prefix: Optional[str] = None) -> None:
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        self.ignore_index = int(ignore_index)
+        if isinstance(unseen_classes, str):
+            raise TypeError("ZeroShotIoUMetric: 'unseen_classes' must be a list of class names, "
+                            f"got the string {unseen_classes!r}")
+        self.unseen_classes = list(unseen_classes) if unseen_classes is not None else None
+        self.split = split
+        self.output_dir = output_dir
+        self._split_obj = None
+        if split is not None:
+            from alignzeg.splits import load_split
+
+            self._split_obj = load_split(split)
+
+    # -- vocabulary -------------------------------------------------------------------------------
+    def _vocabulary(self) -> tuple[list[str], list[str]]:
+        """(classes in label order, unseen names) for the dataset being evaluated."""
+        meta = self.dataset_meta or {}
+        classes = list(meta["classes"]) if meta.get("classes") is not None else None
+        if self._split_obj is not None:
+            split_classes = list(self._split_obj.classes)
+            if classes is None:
+                classes = split_classes
+            elif classes != split_classes:
+                raise ValueError(
+                    f"ZeroShotIoUMetric: split {self.split!r} does not describe the evaluated dataset: "
+                    f"{first_difference(split_classes, classes, 'split', 'dataset')}")
+        if classes is None:
+            raise ValueError("ZeroShotIoUMetric: dataset_meta has no 'classes' and no 'split' was given")
+        if self.unseen_classes is not None:
+            unseen = self.unseen_classes
+            source = "argument 'unseen_classes'"
+        elif self._split_obj is not None:
+            unseen = list(self._split_obj.unseen)
+            source = f"split {self.split!r}"
+        elif meta.get("unseen_classes") is not None:
+            unseen = list(meta["unseen_classes"])
+            source = "dataset_meta['unseen_classes']"
+        else:
+            raise ValueError(
+                "ZeroShotIoUMetric: no unseen classes known; pass 'unseen_classes=' or 'split=', or "
+                "evaluate a dataset whose metainfo has 'unseen_classes' (ZeroShotSegDataset)")
+        missing = [u for u in unseen if u not in classes]
+        if missing and source == "dataset_meta['unseen_classes']":
+            # A dataset in 'seen' mode names the unseen classes but does not contain them.
+            print_log(f"ZeroShotIoUMetric: unseen classes {missing} are not in the evaluated label "
+                      f"space (dataset mode {meta.get('mode')!r}); they are left out",
+                      logger="current", level=30)
+            unseen = [u for u in unseen if u in classes]
+        elif missing:
+            raise ValueError(f"ZeroShotIoUMetric: unseen classes {missing} from the {source} are not "
+                             f"in the dataset's classes")
+        return classes, unseen
+
+    # -- mmengine interface -------------------------------------------------------------------------
+    def process(self, data_batch: Any, data_samples: Sequence[Any]) -> None:
+        """Add the batch's pixel counts to this process's single confusion matrix."""
+        meta = self.dataset_meta or {}
+        if meta.get("classes") is not None:
+            num_classes = len(meta["classes"])
+        elif self._split_obj is not None:
+            num_classes = self._split_obj.num_classes
+        else:
+            raise ValueError("ZeroShotIoUMetric: dataset_meta has no 'classes' and no 'split' was given")
+        total = None
+        for sample in data_samples:
+            pred = _field(_field(sample, "pred_sem_seg"), "data").squeeze()
+            if not _has_field(sample, "gt_sem_seg"):
+                where = sample.get("img_path", "?") if isinstance(sample, dict) else "?"
+                raise KeyError(f"ZeroShotIoUMetric: data sample for {where} has no 'gt_sem_seg'")
+            gt = _field(_field(sample, "gt_sem_seg"), "data").squeeze()
+            try:
+                counts = confusion_matrix(pred, gt, num_classes, self.ignore_index)
+            except ValueError as err:
+                path = sample.get("img_path") if isinstance(sample, dict) else getattr(
+                    sample, "img_path", None)
+                raise ValueError(f"{path or 'data sample'}: {err}") from err
+            total = counts if total is None else total + counts
+        if total is None:
+            return
+        if self.results:
+            self.results[0] = self.results[0] + total
+        else:
+            self.results.append(total)
+
+    def compute_metrics(self, results: list) -> dict[str, float]:
+        """Sum the per-process matrices, log the table, write the JSON, return the flat scalars."""
+        classes, unseen = self._vocabulary()
+        matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
+        for part in results:
+            part = np.asarray(part.cpu() if hasattr(part, "cpu") else part, dtype=np.int64)
+            if part.shape != matrix.shape:
+                raise ValueError(f"ZeroShotIoUMetric: collected matrix of shape {part.shape}, expected "
+                                 f"{matrix.shape}")
+            matrix += part
+        metrics = metrics_from_confusion(matrix, classes, unseen)
+        logger: MMLogger = MMLogger.get_current_instance()
+        print_log("zero-shot per-class results:\n" + format_table(metrics), logger=logger)
+        if self.output_dir is not None:
+            from alignzeg.utils import atomic_write_json
+
+            path = osp.join(self.output_dir, JSON_NAME)
+            atomic_write_json(path, nan_to_none(metrics))
+            print_log(f"zero-shot metrics written to {path}", logger=logger)
+        return {k: float(metrics[k]) for k in METRIC_KEYS}
+
+
+__all__ = ["ZeroShotIoUMetric", "JSON_NAME"]
