@@ -10,7 +10,6 @@ import pytest
 
 from alignzeg.cli import main as cli_main
 from alignzeg.data.prepare.coco_stuff import COCO_LUT, RAW_TO_TRAIN, UNUSED_RAW_IDS
-from alignzeg.data.prepare.common import PrepareError
 from alignzeg.splits import load_split
 from tests.test_data._prepare_trees import leftovers, read_png, write_gray_png, write_jpg
 
@@ -92,6 +91,6 @@ def test_errors_name_the_file_and_leave_nothing(tmp_path, case):
 
         shutil.rmtree(src / "images" / "val2017")
         match = r"images/val2017"
-    with pytest.raises(PrepareError, match=match):
+    with pytest.raises(SystemExit, match=match):
         cli_main(["prepare", "coco-stuff", "--src", str(src), "--out", str(tmp_path / "out"), "--no-progress"])
     assert leftovers(tmp_path, "out") == []

@@ -139,7 +139,7 @@ def test_errors_name_the_file_and_leave_nothing(tmp_path, case):
     else:
         (src / "val.txt").unlink()
         match = r"val\.txt"
-    with pytest.raises(PrepareError, match=match):
+    with pytest.raises(SystemExit, match=match):
         run_context(src, tmp_path / "out")
     assert leftovers(tmp_path, "out") == []
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from alignzeg.cli import main as cli_main
-from alignzeg.data.prepare.common import PrepareError
 from alignzeg.splits import load_split
 from tests.test_data._prepare_trees import (leftovers, read_png, write_jpg, write_lines, write_palette_png,
                                             write_sbd_mat)
@@ -96,9 +95,13 @@ def test_voc_without_sbd_uses_voc_train(tmp_path):
 
 
 def _fails(tmp_path, src, sbd, match):
+    from alignzeg.data.prepare.common import PrepareError
+
     out = tmp_path / "out"
-    with pytest.raises(PrepareError, match=match):
+    with pytest.raises(SystemExit, match=match) as excinfo:
         run_voc(src, out, sbd)
+    assert isinstance(excinfo.value.__cause__, PrepareError)
+    assert str(excinfo.value).startswith("alignzeg prepare voc: error: ")
     assert leftovers(tmp_path, "out") == []
 
 
@@ -136,12 +139,12 @@ def test_out_of_range_label_is_named_and_previous_output_kept(tmp_path):
     bad = VOC_A.copy()
     bad[0, 0] = 21
     write_palette_png(src / "VOC2012" / "SegmentationClass" / "a.png", bad)
-    with pytest.raises(PrepareError, match=r"a\.png.*21"):
+    with pytest.raises(SystemExit, match=r"a\.png.*21"):
         run_voc(src, out, sbd)
     assert leftovers(tmp_path, "out") == ["out"]
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     # SBD masks have no 255 boundary band: 255 in a .mat is out of range
     write_palette_png(src / "VOC2012" / "SegmentationClass" / "a.png", VOC_A)
     write_sbd_mat(sbd / "dataset" / "cls" / "d.mat", np.full((H, W), 255))
-    with pytest.raises(PrepareError, match=r"d\.mat.*255"):
+    with pytest.raises(SystemExit, match=r"d\.mat.*255"):
         run_voc(src, out, sbd)

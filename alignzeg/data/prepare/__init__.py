@@ -8,6 +8,8 @@ Each converter reads an official download, validates it, and writes (atomically)
     OUT/meta.json                         dataset, image counts, source, label mapping
 
 ``synthetic`` hands its arguments to :mod:`alignzeg.data.synthetic` (imported only when chosen).
+Input problems (:class:`~alignzeg.data.prepare.common.PrepareError`, always naming the offending
+path) end the command with that message and exit status 1; nothing is left in ``--out``.
 """
 from __future__ import annotations
 
@@ -47,4 +49,9 @@ def run(args: argparse.Namespace) -> int:
         parser = argparse.ArgumentParser(prog="alignzeg prepare synthetic", description=CONVERTERS["synthetic"][1])
         module.add_arguments(parser)
         args = parser.parse_args(args.rest)
-    return int(module.run(args) or 0)
+    from alignzeg.data.prepare.common import PrepareError
+
+    try:
+        return int(module.run(args) or 0)
+    except PrepareError as err:   # a problem with the user's input: a message, not a traceback
+        raise SystemExit(f"alignzeg prepare {args.dataset}: error: {err}") from err
