@@ -58,9 +58,8 @@ def write_run(folder: Path, metrics: dict, scores: dict | None = None) -> None:
         np.savez(folder / "scores.npz", **scores)
 
 
-@pytest.fixture
-def results_root(tmp_path: Path) -> Path:
-    root = tmp_path / "results"
+def build_results(root: Path) -> Path:
+    """MAIN (with scores.npz; indicator arrays for alignzeg) and ABLATION under ``root``."""
     for m, seeds in MAIN.items():
         for seed, (s, u) in seeds.items():
             rng = np.random.default_rng(100 + seed)
@@ -78,6 +77,25 @@ def results_root(tmp_path: Path) -> Path:
         for seed, (s, u) in seeds.items():
             write_run(vdir / f"seed{seed}", metric_json(s, u, seed))
     return root
+
+
+NAMES = {"alignzeg": "AlignZeg", "zegclip": "ZegCLIP"}
+
+
+@pytest.fixture
+def results_root(tmp_path: Path) -> Path:
+    return build_results(tmp_path / "results")
+
+
+@pytest.fixture(scope="session")
+def analysed(tmp_path_factory) -> Path:
+    """The synthetic results analysed once (tables and figures), shared by the read-only tests."""
+    from analysis.tables import Settings, analyse
+
+    base = tmp_path_factory.mktemp("analysed")
+    root = build_results(base / "results")
+    analyse(root, base / "analysis", Settings(names=dict(NAMES), ours="alignzeg", dataset="voc12aug"))
+    return base / "analysis"
 
 
 @pytest.fixture

@@ -1,0 +1,224 @@
+"""Tables from metric JSON: means/stds against numpy, ablation deltas, winner margin, CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import tables as T
+from tests.test_analysis.conftest import ABLATION, MAIN, NAMES, hiou, metric_json, write_run
+
+COL_OF = {"mIoU_seen": "S", "mIoU_unseen": "U", "hIoU": "hIoU"}
+
+
+def _values(method: str, key: str) -> np.ndarray:
+    seeds = MAIN[method]
+    if key == "mIoU_seen":
+        return np.array([s for s, _ in seeds.values()])
+    if key == "mIoU_unseen":
+        return np.array([u for _, u in seeds.values()])
+    return np.array([hiou(s, u) for s, u in seeds.values()])
+
+
+def _abl_h(variant: str) -> dict[int, float]:
+    return {seed: hiou(s, u) for seed, (s, u) in ABLATION[variant][1].items()}
+
+
+def test_discover_runs_finds_main_and_ablation(results_root):
+    runs = T.discover_runs(results_root)
+    main = [r for r in runs if r.group == "main"]
+    abl = [r for r in runs if r.group == "ablation"]
+    assert sorted({r.method for r in main}) == ["alignzeg", "zegclip"]
+    assert len(main) == 6 and len(abl) == 20
+    assert all(r.scores_path is not None for r in main)
+    assert all(r.components is not None for r in abl)
+    assert {r.seed for r in main} == {0, 1, 2}
+
+
+def test_main_table_mean_and_sample_std_match_numpy(results_root):
+    runs = T.discover_runs(results_root)
+    table = T.main_table(T.tidy_runs(runs), NAMES, ["zegclip", "alignzeg"])
+    assert list(table["method"]) == ["zegclip", "alignzeg"]  # order from the arguments
+    assert list(table["display"]) == ["ZegCLIP", "AlignZeg"]
+    for _, row in table.iterrows():
+        assert row["n_seeds"] == 3
+        for key, col in COL_OF.items():
+            v = _values(row["method"], key)
+            assert row[f"{col}_mean"] == pytest.approx(v.mean(), abs=1e-12)
+            assert row[f"{col}_std"] == pytest.approx(np.std(v, ddof=1), abs=1e-12)
+        # unseen_to_seen is 10 + seed in the fixture
+        assert row["unseen→seen_mean"] == pytest.approx(11.0)
+        assert row["unseen→seen_std"] == pytest.approx(1.0)
+        assert row["aAcc_std"] == pytest.approx(0.0)
+
+
+def test_main_markdown_formats_mean_pm_std(results_root):
+    runs = T.discover_runs(results_root)
+    table = T.main_table(T.tidy_runs(runs), NAMES)
+    md = T.main_table_markdown(table, decimals=2, ours="alignzeg")
+    h = _values("alignzeg", "hIoU")
+    assert f"**{h.mean():.2f} ± {np.std(h, ddof=1):.2f}**" in md  # best hIoU in bold
+    assert "AlignZeg (ours)" in md
+    assert "45.00 ± 1.00" in md  # ZegCLIP seen mIoU: 45, 44, 46
+
+
+def test_single_seed_std_is_nan_and_dash(results_no_scores):
+    runs = T.discover_runs(results_no_scores)
+    table = T.main_table(T.tidy_runs(runs))
+    assert table.loc[0, "n_seeds"] == 1
+    assert math.isnan(table.loc[0, "S_std"])
+    md = T.main_table_markdown(table)
+    assert "30.00 ± –" in md and "10.00 ± –" in md
+
+
+def test_ablation_table_paper_form_and_deltas(results_root):
+    runs = T.discover_runs(results_root)
+    abl = T.ablation_table(runs, T.tidy_runs(runs))
+    assert list(abl["label"]) == ["parent (all off)", "+ MRPE", "+ FES", "+ BDS", "+ PBC",
+                                  "full − MRPE", "full − FES", "full − BDS", "full − PBC", "full"]
+    parent = _abl_h("parent")
+    p_mean = np.mean(list(parent.values()))
+    for _, row in abl.iterrows():
+        h = _abl_h(row["variant"])
+        assert row["hIoU_mean"] == pytest.approx(np.mean(list(h.values())))
+        assert row["delta_hIoU"] == pytest.approx(np.mean(list(h.values())) - p_mean)
+        if row["kind"] != "parent":
+            d = [h[s] - parent[s] for s in sorted(h)]
+            assert row["delta_hIoU_std"] == pytest.approx(np.std(d, ddof=1))
+        assert tuple(bool(row[c]) for c in T.COMPONENTS) == ABLATION[row["variant"]][0]
+    # hand check of one row: full = (41,30),(42,31); parent = (40,20),(41,22)
+    full = abl[abl["kind"] == "full"].iloc[0]
+    expected = (hiou(41, 30) + hiou(42, 31)) / 2 - (hiou(40, 20) + hiou(41, 22)) / 2
+    assert full["delta_hIoU"] == pytest.approx(expected)
+    md = T.ablation_markdown(abl)
+    assert f"{expected:+.2f}" in md
+    assert md.count("✓") == 4 + 12 + 4  # adds, removes, full
+
+
+def test_ablation_rejects_duplicate_switches(results_root):
+    vdir = results_root / "ablation" / "parent_again"
+    vdir.mkdir()
+    (vdir / "components.json").write_text(json.dumps({"mrpe": False, "fes": False, "bds": False, "pbc": False}))
+    write_run(vdir / "seed0", metric_json(40, 20, 0))
+    runs = T.discover_runs(results_root)
+    with pytest.raises(ValueError, match="every switch off"):
+        T.ablation_table(runs, T.tidy_runs(runs))
+
+
+def test_components_json_errors_name_file_and_switch(results_root):
+    path = results_root / "ablation" / "full" / "components.json"
+    path.write_text(json.dumps({"mrpe": True, "fes": True, "bds": True}))
+    with pytest.raises(ValueError, match=r"components\.json.*'pbc'"):
+        T.discover_runs(results_root)
+
+
+def test_winner_margin_and_paired_spread(results_root):
+    tidy = T.tidy_runs(T.discover_runs(results_root))
+    w = T.winner_summary(tidy, "hIoU", ours="alignzeg", names=NAMES)
+    a, z = _values("alignzeg", "hIoU"), _values("zegclip", "hIoU")
+    assert w["winner"] == "alignzeg" and w["runner_up"] == "zegclip"
+    c = w["vs_runner_up"]
+    assert c["margin"] == pytest.approx(a.mean() - z.mean())
+    assert c["paired_std"] == pytest.approx(np.std(a - z, ddof=1))
+    assert c["paired_wins"] == int(np.sum(a > z)) == 3
+    assert c["unpaired_se"] == pytest.approx(math.sqrt(np.var(a, ddof=1) / 3 + np.var(z, ddof=1) / 3))
+    assert w["ours_rank"] == 1
+    u = w["ours_vs_best_other_unseen"]
+    assert u["margin"] == pytest.approx(_values("alignzeg", "mIoU_unseen").mean() - 21.0)
+
+
+def test_winner_when_ours_is_not_first(results_root):
+    tidy = T.tidy_runs(T.discover_runs(results_root))
+    w = T.winner_summary(tidy, "mIoU_seen", ours="alignzeg", names=NAMES)
+    assert w["winner"] == "zegclip"
+    assert w["ours_rank"] == 2
+    assert w["ours_vs_best_other"]["margin"] == pytest.approx(41.0 - 45.0)
+
+
+def test_unpaired_seeds_have_no_paired_std(tmp_path):
+    root = tmp_path / "r"
+    write_run(root / "a" / "seed0", metric_json(40, 30, 0))
+    write_run(root / "a" / "seed1", metric_json(42, 32, 1))
+    write_run(root / "b" / "seed5", metric_json(40, 20, 5))
+    write_run(root / "b" / "seed6", metric_json(40, 22, 6))
+    tidy = T.tidy_runs(T.discover_runs(root))
+    c = T.winner_summary(tidy)["vs_runner_up"]
+    assert c["paired_seeds"] == [] and math.isnan(c["paired_std"])
+    assert c["margin"] == pytest.approx((hiou(40, 30) + hiou(42, 32) - hiou(40, 20) - hiou(40, 22)) / 2)
+
+
+def test_load_metrics_errors_name_file_and_field(tmp_path):
+    bad = metric_json(40, 30, 0)
+    del bad["hIoU"]
+    write_run(tmp_path / "m" / "seed0", bad)
+    with pytest.raises(ValueError, match=r"seed0/zeroshot_metrics\.json: missing field 'hIoU'"):
+        T.discover_runs(tmp_path)
+    (tmp_path / "m" / "seed0" / "zeroshot_metrics.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        T.discover_runs(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no <method>/seed<k>"):
+        T.discover_runs(tmp_path / "m" / "seed0")
+
+
+def test_json_from_the_real_metric_with_nulls(tmp_path):
+    """The metric module writes NaN as null (a class never present): analysis accepts it."""
+    from alignzeg.evaluation.confusion import metrics_from_confusion, nan_to_none
+
+    classes = ["sky", "road", "car", "cow", "giraffe"]
+    m = np.array([[50, 2, 0, 0, 0], [3, 40, 0, 0, 0], [0, 0, 0, 0, 0], [6, 0, 0, 20, 4], [0, 5, 0, 5, 30]])
+    metrics = nan_to_none(metrics_from_confusion(m, classes, ["cow", "giraffe"]))
+    assert metrics["per_class"][2]["IoU"] is None
+    write_run(tmp_path / "r" / "x" / "seed0", metrics)
+    runs = T.discover_runs(tmp_path / "r")
+    table = T.main_table(T.tidy_runs(runs))
+    assert table.loc[0, "hIoU_mean"] == pytest.approx(metrics["hIoU"])
+    shares = T.unseen_to_seen_shares(runs)["x"]
+    # cow: 6 of 30 pixels -> sky; giraffe: 5 of 40 -> road
+    assert shares["unseen"] == ["cow", "giraffe"] and shares["seen"] == ["sky", "road", "car"]
+    np.testing.assert_allclose(shares["share"], [[20.0, 0, 0], [0, 12.5, 0]])
+    # the per-row sum is the unseen_to_seen of a one-unseen-class metric
+    assert shares["share"].sum() == pytest.approx(32.5)
+    pm = T.per_class_mean(T.per_class_table(runs))
+    assert math.isnan(pm.loc[pm["class"] == "car", "IoU_mean"].iloc[0])
+
+
+def test_settings_from_params(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("base:\n  dataset: voc12aug\nanalyse:\n  methods:\n    zegclip: ZegCLIP\n    alignzeg: AlignZeg\n"
+                 "  ours: alignzeg\n  top_k: 3\n")
+    st = T.load_settings(p)
+    assert st.names == {"zegclip": "ZegCLIP", "alignzeg": "AlignZeg"} and list(st.names) == ["zegclip", "alignzeg"]
+    assert st.ours == "alignzeg" and st.dataset == "voc12aug" and st.setting == "inductive" and st.top_k == 3
+    with pytest.raises(KeyError, match="no section 'nope'"):
+        T.load_settings(p, "nope")
+    p.write_text("analyse:\n  setting: semi\n")
+    with pytest.raises(ValueError, match="analyse.setting"):
+        T.load_settings(p)
+
+
+def test_cli_analyse_writes_every_table(results_root, tmp_path):
+    from alignzeg.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("analyse:\n  methods: {alignzeg: AlignZeg, zegclip: ZegCLIP}\n  ours: alignzeg\n"
+                      "  dataset: synthetic\n")
+    out = tmp_path / "analysis"
+    assert main(["analyse", "--results", str(results_root), "--out", str(out), "--params", str(params),
+                 "--no-plots"]) == 0
+    for name in ("runs_long.csv", "per_class.csv", "per_class_mean.csv", "main_table.csv", "main_table.md",
+                 "ablation_table.csv", "ablation_table.md", "unseen_to_seen_confusion.csv", "summary.json",
+                 "figures.json"):
+        assert (out / name).is_file(), name
+    long = pd.read_csv(out / "runs_long.csv")
+    assert set(long.columns) == {"group", "method", "seed", "metric", "value"}
+    assert len(long) == (6 + 20) * 7  # 6 metrics + the seen-unseen gap per run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["winner"]["winner"] == "alignzeg"
+    assert summary["settings"]["dataset"] == "synthetic"
+    assert summary["display"] == NAMES
+    main_csv = pd.read_csv(out / "main_table.csv")
+    a = _values("alignzeg", "hIoU")
+    assert main_csv.loc[main_csv["method"] == "alignzeg", "hIoU_mean"].iloc[0] == pytest.approx(a.mean())
