@@ -94,3 +94,16 @@ def test_errors_name_the_file_and_leave_nothing(tmp_path, case):
     with pytest.raises(SystemExit, match=match):
         cli_main(["prepare", "coco-stuff", "--src", str(src), "--out", str(tmp_path / "out"), "--no-progress"])
     assert leftovers(tmp_path, "out") == []
+
+
+def test_workers_give_the_same_output(tmp_path):
+    src = make_coco(tmp_path)
+    outs = []
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        assert cli_main(["prepare", "coco-stuff", "--src", str(src), "--out", str(out), "--no-progress",
+                         "--workers", str(workers)]) == 0
+        outs.append(out)
+    for rel in ("annotations/train/000000000009.png", "annotations/val/000000000139.png",
+                "images/val/000000000139.jpg", "meta.json", "split.json"):
+        assert (outs[0] / rel).read_bytes() == (outs[1] / rel).read_bytes(), rel

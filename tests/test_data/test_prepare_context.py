@@ -155,3 +155,13 @@ def test_explicit_lists_and_images(tmp_path):
                        "--val-list", str(tmp_path / "lists" / "val.txt")) == 0
     np.testing.assert_array_equal(read_png(out / "annotations" / "train" / "2008_000003.png"), OUT_B)
     np.testing.assert_array_equal(read_png(out / "annotations" / "val" / "2008_000002.png"), OUT_A)
+
+
+def test_error_in_a_worker_process_is_named(tmp_path):
+    src = make_context(tmp_path)
+    bad = LM_A.copy()
+    bad[2, 3] = 460
+    write_context_mat(src / "trainval" / "2008_000002.mat", bad)
+    with pytest.raises(SystemExit, match=r"2008_000002\.mat.*460"):
+        run_context(src, tmp_path / "out", "--workers", "2")
+    assert leftovers(tmp_path, "out") == []

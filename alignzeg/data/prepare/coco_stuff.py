@@ -66,7 +66,8 @@ def run(args) -> int:
     check_items_exist(items)
     with atomic_output_dir(args.out) as tmp:
         counts = convert_items(items, tmp, read_index_png, _to_train_ids, link=args.link,
-                               desc="coco-stuff", progress=not args.no_progress)
+                               desc="coco-stuff", progress=not args.no_progress,
+                               workers=args.workers)
         write_split_and_meta(tmp, SPLIT_NAME, {
             "dataset": "coco-stuff164k",
             "num_images": {"train": counts.get("train", 0), "val": counts.get("val", 0)},

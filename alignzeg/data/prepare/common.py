@@ -154,29 +154,56 @@ def check_items_exist(items: Sequence[Item]) -> None:
         raise PrepareError("missing input files: " + "; ".join(missing[:5]) + more)
 
 
+@dataclass(frozen=True)
+class LutMapper:
+    """``raw labels -> output ids`` through ``lut`` after checking values against ``allowed`` (picklable)."""
+
+    lut: np.ndarray
+    allowed: tuple[int, ...]
+
+    def __call__(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        return apply_lut(raw, self.lut, self.allowed, path)
+
+
+def _convert_one(job) -> str:
+    it, out, load_label, to_train_ids, link = job
+    hw = image_size(it.image)
+    raw = load_label(it.label)
+    check_same_size(raw, hw, it.label, it.image)
+    labels = to_train_ids(raw, it.label)
+    place_image(it.image, out / "images" / it.subset / f"{it.stem}{it.image.suffix.lower()}", link)
+    write_label_png(labels, out / "annotations" / it.subset / f"{it.stem}.png")
+    return it.subset
+
+
 def convert_items(items: Sequence[Item], out: Path, load_label: Callable[[Path], np.ndarray],
                   to_train_ids: Callable[[np.ndarray, Path], np.ndarray], *, link: str = "copy",
-                  desc: str = "converting", progress: bool = True) -> dict[str, int]:
+                  desc: str = "converting", progress: bool = True, workers: int = 1) -> dict[str, int]:
     """Convert ``items`` into ``out/images/<subset>`` and ``out/annotations/<subset>``.
 
     ``load_label`` reads the raw label array of a file; ``to_train_ids(raw, path)`` validates and
-    maps it to the output label space (raising :class:`PrepareError` naming ``path``). Returns the
-    number of images per subset.
+    maps it to the output label space (raising :class:`PrepareError` naming ``path``). With
+    ``workers > 1`` the items are converted by a process pool (both callables must be picklable).
+    Returns the number of images per subset.
     """
     from tqdm import tqdm
 
-    counts: dict[str, int] = {}
     for subset in sorted({it.subset for it in items}):
         (out / "images" / subset).mkdir(parents=True, exist_ok=True)
         (out / "annotations" / subset).mkdir(parents=True, exist_ok=True)
-    for it in tqdm(items, desc=desc, unit="img", disable=not progress, mininterval=1.0):
-        hw = image_size(it.image)
-        raw = load_label(it.label)
-        check_same_size(raw, hw, it.label, it.image)
-        labels = to_train_ids(raw, it.label)
-        place_image(it.image, out / "images" / it.subset / f"{it.stem}{it.image.suffix.lower()}", link)
-        write_label_png(labels, out / "annotations" / it.subset / f"{it.stem}.png")
-        counts[it.subset] = counts.get(it.subset, 0) + 1
+    jobs = [(it, out, load_label, to_train_ids, link) for it in items]
+    bar = dict(desc=desc, unit="img", total=len(jobs), disable=not progress, mininterval=1.0)
+    counts: dict[str, int] = {}
+    if workers <= 1:
+        done = map(_convert_one, jobs)
+        for subset in tqdm(done, **bar):
+            counts[subset] = counts.get(subset, 0) + 1
+        return counts
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for subset in tqdm(pool.imap_unordered(_convert_one, jobs, chunksize=8), **bar):
+            counts[subset] = counts.get(subset, 0) + 1
     return counts
 
 
@@ -198,4 +225,5 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output folder (replaced atomically when the run succeeds)")
     parser.add_argument("--link", choices=LINK_MODES, default="copy",
                         help="how images reach the output: byte copy (default), hard link or symbolic link")
+    parser.add_argument("--workers", type=int, default=1, help="processes converting images in parallel (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

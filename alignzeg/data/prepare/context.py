@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alignzeg.data.prepare.common import (IGNORE, Item, PrepareError, add_common_arguments, apply_lut,
+from alignzeg.data.prepare.common import (IGNORE, Item, LutMapper, PrepareError, add_common_arguments,
                                           check_items_exist, convert_items, read_list, require_dir,
                                           require_file, write_split_and_meta)
 
@@ -149,17 +149,15 @@ def run(args) -> int:
     lut = np.full(max(labels) + 1, IGNORE, dtype=np.int64)
     for idx, k in mapping.items():
         lut[idx] = k
-    allowed = [0] + sorted(labels)
-
-    def to_train_ids(raw: np.ndarray, path: Path) -> np.ndarray:
-        return apply_lut(raw, lut, allowed, path)
+    to_train_ids = LutMapper(lut, tuple([0] + sorted(labels)))
 
     items = [Item(subset, stem, images / f"{stem}.jpg", mats / f"{stem}.mat")
              for subset, stems in (("train", train), ("val", val)) for stem in stems]
     check_items_exist(items)
     with atomic_output_dir(args.out) as tmp:
         counts = convert_items(items, tmp, load_label_map, to_train_ids, link=args.link,
-                               desc="context", progress=not args.no_progress)
+                               desc="context", progress=not args.no_progress,
+                               workers=args.workers)
         write_split_and_meta(tmp, SPLIT_NAME, {
             "dataset": "context59",
             "num_images": {"train": counts.get("train", 0), "val": counts.get("val", 0)},

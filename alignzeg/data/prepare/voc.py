@@ -121,7 +121,8 @@ def run(args) -> int:
     check_items_exist(items)
     with atomic_output_dir(args.out) as tmp:
         counts = convert_items(items, tmp, _load_label, _to_train_ids, link=args.link,
-                               desc="voc", progress=not args.no_progress)
+                               desc="voc", progress=not args.no_progress,
+                               workers=args.workers)
         n_sbd = sum(1 for it in items if it.label.suffix == ".mat")
         write_split_and_meta(tmp, SPLIT_NAME, {
             "dataset": "voc12aug" if sbd is not None else "voc12",
