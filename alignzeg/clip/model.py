@@ -342,14 +342,18 @@ def build_clip(model: str | Mapping | os.PathLike | None, pretrained: str | os.P
             raise ValueError("build_clip needs a model name/config unless pretrained is a checkpoint file")
         if info["model_cfg"] is not None:
             cfg, key = copy.deepcopy(info["model_cfg"]), ckpt.stem
-        else:
+        elif info["format"] == "torchscript":
+            # OpenAI release archives: architecture from the tensor shapes, heads by OpenAI's width // 64 rule.
             try:
                 cfg = config_from_openai_state_dict(state)
             except KeyError as err:
-                raise ValueError(
-                    f"CLIP checkpoint {ckpt} carries no model config (metadata {METADATA_KEY!r}) and is not in "
-                    f"OpenAI layout (no {err}); pass model= an architecture name or config") from err
+                raise ValueError(f"CLIP checkpoint {ckpt} is TorchScript but not in OpenAI CLIP layout "
+                                 f"(no {err}); pass model= an architecture name or config") from err
             key = ckpt.stem
+        else:
+            # Head counts cannot be read from shapes, so a bare state dict needs its architecture.
+            raise ValueError(f"CLIP checkpoint {ckpt} carries no model config (metadata {METADATA_KEY!r}); "
+                             f"pass model= an architecture name or config")
     else:
         cfg, key = resolve_model_config(model)
 
@@ -389,8 +393,12 @@ def build_clip(model: str | Mapping | os.PathLike | None, pretrained: str | os.P
     return net
 
 
-def save_clip(model: nn.Module, model_cfg: Mapping, path: str | os.PathLike) -> Path:
-    """Write ``model``'s state dict as safetensors, with ``model_cfg`` as JSON in the metadata (atomic)."""
+def save_clip(model: nn.Module, model_cfg: Mapping, path: str | os.PathLike, *,
+              extra_metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``model``'s state dict as safetensors, with ``model_cfg`` as JSON in the metadata (atomic).
+
+    ``build_clip(None, path)`` rebuilds the model. ``extra_metadata`` adds string entries (provenance).
+    """
     from safetensors.torch import save
 
     from alignzeg.utils import atomic_write_bytes
@@ -399,7 +407,10 @@ def save_clip(model: nn.Module, model_cfg: Mapping, path: str | os.PathLike) -> 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     for key in _OPENAI_EXTRA_KEYS:
         tensors.pop(key, None)
-    meta = {METADATA_KEY: json.dumps(dict(model_cfg), sort_keys=True), "format": "pt"}
+    if not str(path).endswith(".safetensors"):
+        raise ValueError(f"save_clip writes safetensors; {path} must end in .safetensors")
+    meta = {str(k): str(v) for k, v in (extra_metadata or {}).items()}
+    meta.update({METADATA_KEY: json.dumps(dict(model_cfg), sort_keys=True), "format": "pt"})
     atomic_write_bytes(path, save(tensors, metadata=meta))
     return path
 
