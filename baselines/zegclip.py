@@ -52,10 +52,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from alignzeg.clip.dense import CLIPVisualFeatures
 from alignzeg.models.losses import dice_loss
 
 __all__ = [
-    "DeepVisualPrompts", "relationship_descriptor", "CrossAttention", "ZegCLIPDecoderLayer", "ZegCLIPDecoder",
+    "DeepVisualPrompts", "PromptedCLIPVisualFeatures", "relationship_descriptor", "CrossAttention", "ZegCLIPDecoderLayer", "ZegCLIPDecoder",
     "sigmoid_focal_loss", "zegclip_mask_loss", "calibrate_seen_scores", "ZegCLIPHeadModule",
 ]
 
@@ -119,7 +120,81 @@ class DeepVisualPrompts(nn.Module):
 
     def finalize(self, x: Tensor) -> Tensor:
         """Apply the final prompt LayerNorm (identity when disabled)."""
-        return self.prompt_norm(x) if self.prompt_norm is not None else x
+        return self.prompt_norm(x) if self.enabled and self.prompt_norm is not None else x
+
+
+class PromptedCLIPVisualFeatures(CLIPVisualFeatures):
+    """:class:`alignzeg.clip.dense.CLIPVisualFeatures` with deep visual prompts; the CLIP stays frozen.
+
+    Extra args are those of :class:`DeepVisualPrompts` (``num_tokens``, ``deep``, ``prompt_dropout``,
+    ``final_norm``). ``forward(images)`` returns the same dict as the plain features (``layers``,
+    ``cls_layers``, ``image_embed``, ``dense_embed``, ``grid``; patch tokens without the prompt positions)
+    plus ``patch_embed`` (B×D×h×w: the last block's patch tokens through ``final_norm``, ``ln_post`` and
+    ``proj``, the input of ZegCLIP's decoder). ``image_embed`` also passes ``final_norm``;
+    ``dense_embed`` (MaskCLIP's value path of the last block, computed with the prompts in the sequence)
+    does not. Only the prompt parameters require gradients; the CLIP tower stays in eval mode while the
+    prompt dropout follows ``train()``. With ``num_tokens=0`` the output equals the plain features.
+    """
+
+    def __init__(self, clip_model: nn.Module, out_layers: Sequence[int] | None = None,
+                 value_path: str = "maskclip", num_tokens: int = 10, deep: bool = True,
+                 prompt_dropout: float = 0.1, final_norm: bool = True) -> None:
+        super().__init__(clip_model, out_layers=out_layers, value_path=value_path)
+        self.prompts = DeepVisualPrompts(self.num_layers, self.width, num_tokens=num_tokens, deep=deep,
+                                         patch_size=self.patch_size[0], dropout=prompt_dropout,
+                                         final_norm=final_norm)
+
+    def train(self, mode: bool = True):  # noqa: D102 - CLIP always eval, prompts follow mode
+        nn.Module.train(self, mode)
+        self.visual.train(False)
+        return self
+
+    def forward(self, images: Tensor) -> dict:
+        visual = self.visual
+        if images.ndim != 4:
+            raise ValueError(f"images must be B×3×H×W, got shape {tuple(images.shape)}")
+        b, _, height, width = images.shape
+        ph, pw = self.patch_size
+        if height % ph or width % pw:
+            raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {ph}x{pw}")
+        h, w = height // ph, width // pw
+        hw = h * w
+        dtype = visual.conv1.weight.dtype
+        x = visual.conv1(images.to(dtype)).flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(dtype).view(1, 1, -1).expand(b, 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed((h, w)).to(dtype)
+        x = visual.ln_pre(x)  # B×(1+hw)×W, batch first in this loop
+
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        blocks = visual.transformer.resblocks
+        taken: dict[int, Tensor] = {}
+        last_in = x
+        for i, block in enumerate(blocks):
+            p = self.prompts.tokens(i, b)
+            if p is not None:  # replace whatever sits between [CLS] and the patch tokens
+                x = torch.cat([x[:, :1], p.to(x.dtype), x[:, -hw:]], dim=1)
+            if i == len(blocks) - 1:
+                last_in = x
+            x = block(x, attn_mask=None) if batch_first else block(x.transpose(0, 1), attn_mask=None).transpose(0, 1)
+            if i in self.out_layers:
+                taken[i] = x
+        layers = [taken[i][:, -hw:].transpose(1, 2).reshape(b, -1, h, w) for i in self.out_layers]
+        cls_layers = [taken[i][:, 0] for i in self.out_layers]
+        if batch_first:
+            dense = self._value_path(blocks[-1], last_in)
+        else:
+            dense = self._value_path(blocks[-1], last_in.transpose(0, 1)).transpose(0, 1)
+
+        x = self.prompts.finalize(x)
+        if getattr(visual, "final_ln_after_pool", False):
+            pooled = visual.ln_post(x[:, 0])
+        else:
+            pooled = visual.ln_post(x)[:, 0]
+        image_embed = pooled @ visual.proj
+        patch = (visual.ln_post(x[:, -hw:]) @ visual.proj).transpose(1, 2).reshape(b, -1, h, w)
+        dense = (visual.ln_post(dense[:, -hw:]) @ visual.proj).transpose(1, 2).reshape(b, -1, h, w)
+        return {"layers": layers, "cls_layers": cls_layers, "image_embed": image_embed, "dense_embed": dense,
+                "grid": (h, w), "patch_embed": patch}
 
 
 # ----------------------------------------------------------------------------------------------- queries
