@@ -1,0 +1,1 @@
+"""Analysis of zero-shot segmentation results: tables, figures, report (imports nothing heavy)."""

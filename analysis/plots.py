@@ -162,6 +162,7 @@ def plot_per_class_iou(pmean: pd.DataFrame, method: str, display: str, out_dir: 
     stats = {"method": method, "n_classes": n, "n_seen": len(se), "n_unseen": len(un),
              "seen_mean": float(se["IoU_mean"].mean()) if len(se) else None,
              "unseen_mean": float(un["IoU_mean"].mean()) if len(un) else None}
+    un = un[np.isfinite(un["IoU_mean"].astype(float))]  # classes absent from the evaluation have no IoU
     if len(un):
         best, worst = un.iloc[0], un.iloc[-1]
         stats.update(best_unseen=best["class"], best_unseen_iou=float(best["IoU_mean"]),
@@ -278,18 +279,23 @@ def plot_seen_unseen_scatter(table: pd.DataFrame, per_seed: pd.DataFrame | None,
     ``U = hS/(2S − h)``."""
     if table is None or table.empty:
         return {"skipped": "no main-method runs"}
-    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    table = table[np.isfinite(table["S_mean"].astype(float)) & np.isfinite(table["U_mean"].astype(float))]
+    if table.empty:
+        return {"skipped": "no method has both a seen and an unseen mIoU"}
     s_all = list(table["S_mean"])
     u_all = list(table["U_mean"])
     if per_seed is not None and not per_seed.empty:
+        per_seed = per_seed.astype({"mIoU_seen": float, "mIoU_unseen": float})
+        per_seed = per_seed[np.isfinite(per_seed["mIoU_seen"]) & np.isfinite(per_seed["mIoU_unseen"])]
         s_all += list(per_seed["mIoU_seen"])
         u_all += list(per_seed["mIoU_unseen"])
     lo_s, hi_s = max(0.0, min(s_all) - 10), min(100.0, max(s_all) + 10)
     lo_u, hi_u = max(0.0, min(u_all) - 10), min(100.0, max(u_all) + 10)
     if levels is None:
-        h = list(table["hIoU_mean"])
+        h = [v for v in table["hIoU_mean"] if np.isfinite(v)] or [50.0]
         step = 10.0 if max(h) - min(h) > 20 or len(h) == 1 else 5.0
         levels = np.arange(step, 100.0, step)
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
     levels = [float(v) for v in levels]
     s_grid = np.linspace(max(lo_s, 1e-6), hi_s, 400)
     drawn = []

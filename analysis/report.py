@@ -84,11 +84,18 @@ def winner_paragraph(summary: dict[str, Any], d: int = 2) -> str:
     ranking = w.get("ranking") or []
     metric = w.get("metric", "hIoU")
     if not ranking:
+        if w.get("undefined"):
+            return f"{metric} is undefined (no unseen pixels?) for every method: " + ", ".join(
+                _disp(summary, m) for m in w["undefined"]) + "."
         return "No main-method runs were found."
     top = ranking[0]
-    if len(ranking) == 1:
-        return (f"Only one method was run: {top['display']} reaches {metric} {_pm(top['mean'], top['std'], d)} "
-                f"over {top['n']} seed(s).")
+    undefined = w.get("undefined") or []
+    note = (f" {metric} is undefined for " + ", ".join(_disp(summary, m) for m in undefined) + "."
+            if undefined else "")
+    if "vs_runner_up" not in w:
+        lead = "Only one method was run" if len(ranking) == 1 else f"Only one method has a defined {metric}"
+        return (f"{lead}: {top['display']} reaches {metric} {_pm(top['mean'], top['std'], d)} "
+                f"over {top['n']} seed(s)." + note)
     cmp_ = w["vs_runner_up"]
     verb = "ties for" if w.get("tie") else "has"
     text = (f"{w['winner_display']} {verb} the highest {metric} ({_pm(cmp_['mean_a'], cmp_['std_a'], d)} over "
@@ -104,11 +111,11 @@ def winner_paragraph(summary: dict[str, Any], d: int = 2) -> str:
             text += " The margin is within two standard errors of the paired differences: not a clear win."
     elif k == 1:
         text += " Only one seed is shared, so the spread of the difference is unknown."
-    if "ours" in w and w["ours"] != w["winner"]:
+    if "ours_vs_best_other" in w and w["ours"] != w["winner"]:
         o = w["ours_vs_best_other"]
         text += (f" {w['ours_display']} ranks {w['ours_rank']} of {len(ranking)}, {o['margin']:.{d}f} points "
                  f"from {_disp(summary, o['b'])}.")
-    return text
+    return text + note
 
 
 def _disp(summary: dict[str, Any], method: str) -> str:
@@ -157,8 +164,8 @@ def figure_paragraph(fid: str, fig: dict[str, Any], summary: dict[str, Any], d: 
                 f"and unseen IoU {fmt(_nan(st.get('unseen_mean')), d)} ({st['n_seen']} seen, "
                 f"{st['n_unseen']} unseen classes).")
         if st.get("best_unseen") is not None:
-            text += (f" The best unseen class is {st['best_unseen']} ({st['best_unseen_iou']:.{d}f}), the worst "
-                     f"{st['worst_unseen']} ({st['worst_unseen_iou']:.{d}f}).")
+            text += (f" The best unseen class is {st['best_unseen']} ({fmt(_nan(st['best_unseen_iou']), d)}), the "
+                     f"worst {st['worst_unseen']} ({fmt(_nan(st['worst_unseen_iou']), d)}).")
         return text
     if kind == "unseen_to_seen":
         name = _disp(summary, st["method"])

@@ -415,8 +415,12 @@ def winner_summary(tidy: pd.DataFrame, metric: str = "hIoU", ours: str | None = 
         return {"metric": metric, "ranking": [], "winner": None}
     methods = ordered_methods(sel["method"], order)
     means = sel.groupby("method")["value"].mean()
-    # stable: ties keep the given method order
-    ranking = sorted(methods, key=lambda m: -means[m])
+    # stable: ties keep the given method order; methods whose metric is undefined (NaN) go last
+    finite = [m for m in methods if math.isfinite(means[m])]
+    if not finite:
+        return {"metric": metric, "ranking": [], "winner": None,
+                "undefined": [m for m in methods]}
+    ranking = sorted(finite, key=lambda m: -means[m]) + [m for m in methods if m not in finite]
     out: dict[str, Any] = {
         "metric": metric,
         "ranking": [{"method": m, "display": names.get(m, m), "mean": float(means[m]),
@@ -424,9 +428,10 @@ def winner_summary(tidy: pd.DataFrame, metric: str = "hIoU", ours: str | None = 
                      "n": int((sel["method"] == m).sum())} for m in ranking],
         "winner": ranking[0],
         "winner_display": names.get(ranking[0], ranking[0]),
-        "tie": len(ranking) > 1 and means[ranking[0]] == means[ranking[1]],
+        "tie": len(finite) > 1 and means[ranking[0]] == means[ranking[1]],
+        "undefined": [m for m in methods if m not in finite],
     }
-    if len(ranking) > 1:
+    if len(finite) > 1:
         out["runner_up"] = ranking[1]
         out["runner_up_display"] = names.get(ranking[1], ranking[1])
         out["vs_runner_up"] = compare(tidy, ranking[0], ranking[1], metric)
@@ -434,14 +439,16 @@ def winner_summary(tidy: pd.DataFrame, metric: str = "hIoU", ours: str | None = 
         if ours not in methods:
             log.warning("ours='%s' has no run among %s", ours, methods)
         else:
-            others = [m for m in ranking if m != ours]
+            others = [m for m in finite if m != ours]
             out["ours"] = ours
             out["ours_display"] = names.get(ours, ours)
             out["ours_rank"] = ranking.index(ours) + 1
-            if others:
+            if others and ours in finite:
                 out["ours_vs_best_other"] = compare(tidy, ours, others[0], metric)
-                out["ours_vs_best_other_unseen"] = compare(tidy, ours, max(others, key=lambda m: _mean(
-                    tidy, m, "mIoU_unseen")), "mIoU_unseen")
+                u_others = [m for m in others if math.isfinite(_mean(tidy, m, "mIoU_unseen"))]
+                if u_others and math.isfinite(_mean(tidy, ours, "mIoU_unseen")):
+                    out["ours_vs_best_other_unseen"] = compare(
+                        tidy, ours, max(u_others, key=lambda m: _mean(tidy, m, "mIoU_unseen")), "mIoU_unseen")
     return out
 
 
@@ -624,8 +631,19 @@ def analyse(results: str | Path, out: str | Path, settings: Settings | None = No
             figures = plots.make_all(runs, table, pmean, shares, tmp / "figures", st)
         (tmp / "figures.json").write_text(json.dumps(_json_safe(figures), indent=1) + "\n")
         (tmp / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1) + "\n")
+        _readable(tmp)
     log.info("analysis of %d runs written to %s", len(runs), out)
     return summary
+
+
+def _readable(folder: Path) -> None:
+    """Temporary folders and files are created private (0700/0600); give the outputs the usual modes."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [folder, *folder.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,104 @@
+"""report.md: numbers from the analysis, figure links, published numbers beside reproduced ones."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from analysis import report as R
+from tests.test_analysis.conftest import ABLATION, MAIN, hiou
+
+
+def _h(method):
+    return np.array([hiou(s, u) for s, u in MAIN[method].values()])
+
+
+@pytest.fixture(scope="module")
+def report_text(analysed):
+    out = analysed.parent / "reports" / "report.md"
+    return R.build_report(analysed, out), out
+
+
+def test_report_contains_the_numbers(report_text):
+    text, out = report_text
+    assert out.read_text() == text
+    a, z = _h("alignzeg"), _h("zegclip")
+    assert f"AlignZeg has the highest hIoU ({a.mean():.2f} ± {np.std(a, ddof=1):.2f} over 3 seed(s))" in text
+    assert f"{a.mean() - z.mean():.2f} points above ZegCLIP ({z.mean():.2f} ± {np.std(z, ddof=1):.2f})" in text
+    assert f"per-seed difference is {np.mean(a - z):.2f} ± {np.std(a - z, ddof=1):.2f}" in text
+    assert "ahead on 3 of 3" in text
+    full = np.mean([hiou(*v) for v in ABLATION["full"][1].values()])
+    parent = np.mean([hiou(*v) for v in ABLATION["parent"][1].values()])
+    assert f"{full - parent:+.2f} points over the parent" in text
+    # the largest single-component gain in the fixture is PBC
+    assert "Added alone, PBC helps most" in text
+    for section in ("## Main results", "## Ablation", "## Figures", "## Published numbers"):
+        assert section in text
+
+
+def test_report_links_every_figure(report_text, analysed):
+    text, out = report_text
+    figures = json.loads((analysed / "figures.json").read_text())
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) == len(figures) == 7
+    for link in links:
+        assert (out.parent / link).resolve().is_file(), link
+    # one paragraph per figure, generated from its stats
+    roc = figures["indicator_roc"]["stats"]["alignzeg"]
+    assert f"AUC {roc['auc']:.3f}" in text
+    assert "Seen minus unseen mIoU (the misalignment gap): AlignZeg 10.33, ZegCLIP 24.00" in text
+
+
+def test_published_numbers_beside_reproduced_on_the_same_dataset(report_text):
+    text, _ = report_text
+    z = _h("zegclip")
+    rows = [line for line in text.splitlines() if line.startswith("| ZegCLIP | ViT-B/16")]
+    assert len(rows) == 4
+    voc_ind = next(r for r in rows if "PASCAL VOC 2012 | inductive" in r)
+    assert "| 91.9 | 77.8 | 84.3 |" in voc_ind
+    assert f"{z.mean():.2f} ± {np.std(z, ddof=1):.2f}" in voc_ind and f"{z.mean() - 84.3:+.2f}" in voc_ind
+    assert all("no run on this dataset" in r for r in rows if "COCO-Stuff" in r)
+    assert "no transductive run on this dataset" in next(r for r in rows if "VOC 2012 | transductive" in r)
+    assert "+3.8 hIoU on average" in text and "+7.1 unseen mIoU" in text
+    assert f"is {_h('alignzeg').mean() - z.mean():+.2f} hIoU" in text
+
+
+def test_other_dataset_says_no_run(analysed, tmp_path):
+    text = R.build_report(analysed, tmp_path / "r.md", dataset="synthetic")
+    rows = [line for line in text.splitlines() if line.startswith("| ZegCLIP | ViT-B/16")]
+    assert len(rows) == 4 and all("no run on this dataset" in r for r in rows)
+    assert "has no published entry here" in text
+
+
+def test_cli_report(analysed, tmp_path):
+    from alignzeg.cli import main
+
+    out = tmp_path / "sub" / "report.md"
+    assert main(["report", "--analysis", str(analysed), "--out", str(out), "--dataset", "coco-stuff"]) == 0
+    text = out.read_text()
+    coco = next(r for r in text.splitlines() if "COCO-Stuff 164k | inductive" in r)
+    assert "no run of ZegCLIP" not in coco and "45.00 ± 1.00" in coco  # the alias matched COCO-Stuff
+
+
+def test_paper_table_records_only_readable_numbers():
+    paper = R.load_paper_table()
+    got = {(r["dataset"], r["setting"]): (r["S"], r["U"], r["hIoU"]) for r in paper["results"]}
+    assert got == {("voc12", "inductive"): (91.9, 77.8, 84.3), ("coco-stuff164k", "inductive"): (40.2, 41.1, 40.8),
+                   ("voc12", "transductive"): (92.3, 89.9, 91.1),
+                   ("coco-stuff164k", "transductive"): (40.7, 59.9, 48.5)}
+    assert all(r["method"] == "zegclip" for r in paper["results"])  # no invented AlignZeg table numbers
+    assert {(c["metric"], c["delta"]) for c in paper["claims"]} == {("hIoU", 3.8), ("mIoU_unseen", 7.1)}
+    assert all(paper["sources"][r["source"]]["url"].startswith("https://") for r in paper["results"])
+    assert R.match_dataset("VOC12AUG", paper["datasets"]) == "voc12"
+    assert R.match_dataset("coco-stuff-156s15u", paper["datasets"]) == "coco-stuff164k"
+    assert R.match_dataset("synthetic", paper["datasets"]) is None
+
+
+def test_paper_table_errors_name_the_entry(tmp_path):
+    p = tmp_path / "t.yaml"
+    p.write_text("datasets: {voc12: {}}\nsources: {s: {url: x}}\n"
+                 "results:\n  - {method: m, dataset: coco, setting: inductive, S: 1, U: 1, hIoU: 1, source: s}\n")
+    with pytest.raises(ValueError, match=r"results\[0\]\.dataset 'coco'"):
+        R.load_paper_table(p)
