@@ -1,0 +1,84 @@
+"""Samples the scores behind objective misalignment during a test run.
+
+On pixels whose ground truth is an **unseen** class, a model biased towards seen classes gives its
+highest seen-class score more often than its highest unseen-class score. This hook keeps a seeded
+random sample (at most ``max_samples`` pixels over the whole test set, reservoir-style per batch) of
+both maxima and writes them to ``out_file`` (``.npz`` with ``top_seen`` and ``top_unseen``) for
+``analysis/plots.py``. Scores are the model's per-class outputs (``seg_logits``) converted to
+probabilities with a softmax over classes when ``apply_softmax`` (logit-valued heads) and used as they
+are otherwise (heads whose outputs are already per-class scores, as MaskFormer-style inference).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from mmengine.hooks import Hook
+from mmseg.registry import HOOKS
+
+from alignzeg.utils import atomic_write_bytes
+
+
+@HOOKS.register_module()
+class UnseenScoreSamplerHook(Hook):
+    """Collect max seen / max unseen scores on unseen ground-truth pixels (see module docstring)."""
+
+    priority = "LOW"
+
+    def __init__(self, out_file: str, max_samples: int = 20000, per_image: int = 512, seed: int = 0,
+                 apply_softmax: bool = False, ignore_index: int = 255) -> None:
+        if max_samples <= 0 or per_image <= 0:
+            raise ValueError(f"max_samples and per_image must be > 0, got {max_samples}, {per_image}")
+        self.out_file = out_file
+        self.max_samples = max_samples
+        self.per_image = per_image
+        self.apply_softmax = apply_softmax
+        self.ignore_index = ignore_index
+        self.rng = np.random.default_rng(seed)
+        self._seen: list[np.ndarray] = []
+        self._unseen: list[np.ndarray] = []
+        self._seen_mask: torch.Tensor | None = None
+
+    def before_test(self, runner) -> None:
+        meta = runner.test_dataloader.dataset.metainfo
+        classes = list(meta["classes"])
+        unseen = set(meta.get("unseen_classes") or ())
+        if not unseen:
+            raise ValueError("UnseenScoreSamplerHook: the test dataset's metainfo names no 'unseen_classes'")
+        self._seen_mask = torch.tensor([c not in unseen for c in classes])
+        self._seen, self._unseen = [], []
+
+    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        seen_mask = self._seen_mask
+        for sample in outputs or []:
+            if "seg_logits" not in sample or "gt_sem_seg" not in sample:
+                continue
+            scores = sample.seg_logits.data.float()  # C x H x W
+            gt = sample.gt_sem_seg.data.squeeze(0).to(scores.device)
+            if scores.shape[0] != seen_mask.numel():
+                raise ValueError(f"seg_logits have {scores.shape[0]} classes, the dataset {seen_mask.numel()}")
+            if self.apply_softmax:
+                scores = scores.softmax(dim=0)
+            valid = gt != self.ignore_index
+            is_unseen_gt = valid & ~seen_mask.to(gt.device)[gt.clamp(max=seen_mask.numel() - 1)]
+            idx = is_unseen_gt.flatten().nonzero().squeeze(1).cpu().numpy()
+            if idx.size == 0:
+                continue
+            if idx.size > self.per_image:
+                idx = self.rng.choice(idx, size=self.per_image, replace=False)
+            flat = scores.flatten(1)[:, torch.from_numpy(idx)]
+            self._seen.append(flat[seen_mask].max(dim=0).values.cpu().numpy())
+            self._unseen.append(flat[~seen_mask].max(dim=0).values.cpu().numpy())
+
+    def after_test(self, runner) -> None:
+        import io
+
+        seen = np.concatenate(self._seen) if self._seen else np.zeros(0, np.float32)
+        unseen = np.concatenate(self._unseen) if self._unseen else np.zeros(0, np.float32)
+        if seen.size > self.max_samples:
+            keep = np.sort(self.rng.choice(seen.size, size=self.max_samples, replace=False))
+            seen, unseen = seen[keep], unseen[keep]
+        buf = io.BytesIO()
+        np.savez(buf, top_seen=seen.astype(np.float32), top_unseen=unseen.astype(np.float32))
+        atomic_write_bytes(self.out_file, buf.getvalue())
+        runner.logger.info(f"UnseenScoreSamplerHook: {seen.size} unseen-class pixels sampled -> {self.out_file}; "
+                           f"top seen > top unseen on {100.0 * float((seen > unseen).mean() if seen.size else 0):.1f}%")
