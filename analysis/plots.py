@@ -192,8 +192,11 @@ def plot_unseen_to_seen(entry: dict[str, Any], method: str, display: str, out_di
         cols.append("other seen")
     frame = pd.DataFrame(mat, index=unseen, columns=cols)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(cols) + 3), max(3.0, 0.35 * len(unseen) + 1.5)))
+    # colour scale from the named seen columns: "other seen" sums many classes and would wash them out
+    vmax = max(float(share[:, top].max()) if k else float(mat.max()), 1e-9)
+    label = "% of the unseen class's pixels" + (" (colour capped)" if float(mat.max()) > vmax else "")
     sns.heatmap(frame, annot=len(cols) * len(unseen) <= 300, fmt=".1f", cmap="Reds", vmin=0,
-                vmax=max(float(mat.max()), 1e-9), cbar_kws={"label": "% of the unseen class's pixels"}, ax=ax)
+                vmax=vmax, cbar_kws={"label": label}, ax=ax)
     ax.set_xlabel("predicted seen class")
     ax.set_ylabel("ground-truth unseen class")
     ax.set_title(f"{display}: unseen pixels predicted as seen classes (top {k} columns)")

@@ -338,6 +338,9 @@ def build_report(analysis: str | Path, out: str | Path, paper_table: str | Path 
     L += [published_section(load_paper_table(paper_table), summary, main, dataset, setting, d)]
     text = "\n".join(L).rstrip() + "\n"
     atomic_write_text(out, text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out, 0o666 & ~umask)  # the atomic write's temporary file is private
     log.info("report written to %s", out)
     return text
 
