@@ -415,7 +415,14 @@ class SideAdapterParent(nn.Module):
         """Returns ``dict(pred_logits B×N×(C+1), pred_masks B×N×(H/4)×(W/4), embeds B×N×D,
         aux_outputs=[dict(pred_logits, pred_masks, embeds) per earlier decoder layer])``."""
         images = feats["images"]
-        side = self.side(images, self._clip_maps(feats))
+        clip_maps = self._clip_maps(feats)
+        width = self.side.clip_proj[0][0].weight.shape[0] if len(self.side.clip_proj) else None
+        if width is not None and any(m.shape[1] != width for m in clip_maps):
+            raise ValueError(f"clip_channels={width} but feats['layers'] maps have widths "
+                             f"{[m.shape[1] for m in clip_maps]}")
+        if text_embeds.dim() != 2 or text_embeds.shape[1] != self.embed_dim:
+            raise ValueError(f"text_embeds must be C×{self.embed_dim} (embed_dim), got {tuple(text_embeds.shape)}")
+        side = self.side(images, clip_maps)
         feat, pos, hires = side["feat"], side["pos"], side["hires"]
         grid = (feat.shape[-2], feat.shape[-1])
         b = feat.shape[0]
@@ -426,6 +433,8 @@ class SideAdapterParent(nn.Module):
         dense = feats.get("dense_embed") if self.clip_pool else None
         if self.clip_pool and dense is None:
             raise KeyError("clip_pool=True needs feats['dense_embed'] (B×D×h×w)")
+        if dense is not None and dense.shape[1] != self.embed_dim:
+            raise ValueError(f"embed_dim={self.embed_dim} but feats['dense_embed'] has {dense.shape[1]} channels")
         pixel = None if self.mrpe else self.mask_features(hires, mem, grid)
         outs = []
         for layer in self.layers:

@@ -318,21 +318,41 @@ def test_side_network_shapes_and_clip_fusion():
 
 
 # ------------------------------------------------------------------------------------------------ paper scale
-@pytest.mark.parametrize("name", [
+PAPER_CONFIGS = [
     "alignzeg_vit-b16_4xb4-20k_voc12aug-15s5u-512x512.py",
     "alignzeg_vit-b16_4xb4-80k_coco-stuff164k-156s15u-512x512.py",
     "alignzeg_vit-b16_4xb4-40k_context59-zs3-10u-480x480.py",
-])
-def test_paper_scale_head_structure_with_tiny_clip(name):
-    """The paper-scale head config (its side network, decoder, switches and losses), with the CLIP-dependent
-    widths replaced by the tiny CLIP's and fewer queries, runs forward and backward on tiny CLIP features."""
+]
+
+
+def _load_config(name):
     from mmengine.config import Config
 
+    return Config.fromfile(str(REPO / "experiments" / "configs" / "alignzeg" / name), import_custom_modules=False)
+
+
+def test_paper_scale_configs_share_the_head():
+    """The three paper-scale configs differ only in the position-embedding reference grid (crop / 16)."""
+    heads = []
+    for name in PAPER_CONFIGS:
+        cfg = _load_config(name)
+        head = cfg.model.decode_head.to_dict()
+        assert head["side_cfg"].pop("ref_grid") == cfg.crop_size[0] // 16
+        assert cfg.model.backbone.clip.model == "ViT-B-16" and head["clip_channels"] == 768
+        heads.append(head)
+    assert heads[0] == heads[1] == heads[2]
+
+
+def test_paper_scale_head_structure_with_tiny_clip():
+    """The paper-scale head config (its side network, decoder, switches and losses), with the CLIP-dependent
+    widths replaced by the tiny CLIP's and fewer queries, runs forward and backward on tiny CLIP features."""
     from alignzeg.clip.dense import CLIPVisualFeatures
     from alignzeg.clip.model import TINY_CLIP_CONFIG, build_clip
 
-    cfg = Config.fromfile(str(REPO / "experiments" / "configs" / "alignzeg" / name))
-    head = dict(cfg.model.decode_head)
+    name = PAPER_CONFIGS[0]
+    cfg = _load_config(name)
+    head = cfg.model.decode_head.to_dict()
+    head.pop("_delete_", None)
     assert head.pop("type") == "AlignZegHead"
     for key in ("mrpe", "fes", "bds", "pbc"):
         assert head[key] is True, f"{name}: paper-scale config must switch {key} on"
