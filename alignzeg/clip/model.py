@@ -190,7 +190,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                 raise ValueError(f"CLIP checkpoint {path}: metadata {METADATA_KEY!r} is not JSON: {err}") from err
     elif _is_torchscript_zip(path):
         try:
-            scripted = torch.jit.load(str(path), map_location="cpu")
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=FutureWarning)  # jit.load deprecation notice
+                scripted = torch.jit.load(str(path), map_location="cpu")
         except Exception as err:
             raise ValueError(f"CLIP checkpoint {path} looks like TorchScript but cannot be loaded: {err}") from err
         obj = dict(scripted.state_dict())
