@@ -381,8 +381,6 @@ def build_clip(model: str | Mapping | os.PathLike | None, pretrained: str | os.P
 
         net = open_clip.create_model(key, pretrained=tag, force_quick_gelu=cfg["quick_gelu"],
                                      force_image_size=image_size)
-        if not cfg["quick_gelu"] and net.visual.transformer.resblocks[0].mlp.gelu.__class__.__name__ == "QuickGELU":
-            cfg["quick_gelu"] = True
     else:
         net = _instantiate(cfg)
         if state is not None:
