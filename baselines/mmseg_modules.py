@@ -59,7 +59,9 @@ class ZegCLIPPromptedBackbone(CLIPBackbone):
     """Frozen CLIP with ZegCLIP's deep visual prompt tuning.
 
     Args:
-        clip, out_layers, value_path, init_cfg: as :class:`CLIPBackbone` (the CLIP is always frozen).
+        clip, out_layers, value_path, init_cfg: as :class:`CLIPBackbone`.
+        frozen: must be True (ZegCLIP never updates CLIP's weights; accepted so configs can inherit the
+            ``CLIPBackbone`` defaults).
         num_tokens: prompt tokens per layer (ZegCLIP: 10 for VOC, 100 for COCO-Stuff; 0 = plain CLIP).
         deep: prompts in every layer (True, ZegCLIP) or only before the first (VPT-shallow).
         prompt_dropout: dropout on the prompt tokens (0.1).
@@ -71,7 +73,10 @@ class ZegCLIPPromptedBackbone(CLIPBackbone):
 
     def __init__(self, clip: dict, out_layers: Sequence[int] | None = None, num_tokens: int = 10, deep: bool = True,
                  prompt_dropout: float = 0.1, final_norm: bool = True, value_path: str = "maskclip",
-                 init_cfg=None) -> None:
+                 frozen: bool = True, init_cfg=None) -> None:
+        if not frozen:
+            raise ValueError("ZegCLIPPromptedBackbone: frozen=False is not supported; ZegCLIP tunes only the "
+                             "visual prompts (use CLIPBackbone for fine-tuning CLIP)")
         super().__init__(clip, out_layers=out_layers, frozen=True, value_path=value_path, init_cfg=init_cfg)
         self.features = PromptedCLIPVisualFeatures(
             self.clip_model, out_layers=self.out_layers, value_path=value_path, num_tokens=num_tokens, deep=deep,

@@ -1,0 +1,45 @@
+# ZegCLIP (Zhou et al., CVPR 2023; github.com/ZiqinZhou66/ZegCLIP) on the embedded synthetic benchmark with
+# the tiny CLIP (ViT, 8-px patches, width 128, 4 blocks, D=64), inductive protocol:
+#   alignzeg train experiments/configs/zegclip/zegclip_tiny-vit_1xb16-2k_synthetic-default-64x64.py
+# Frozen CLIP with deep visual prompts (10 per block), relationship-descriptor queries, a 3-layer attention
+# decoder, focal (x100) + dice loss, and seen-score calibration (-0.1 on seen classes) at evaluation.
+# Optimiser as ZegCLIP's: AdamW, base lr 2e-5 with lr_mult 10 on the prompts and the head, no gradient clipping.
+_base_ = [
+    '../_base_/models/zeroshot_clip.py', '../_base_/datasets/synthetic.py',
+    '../_base_/schedules/schedule_2k.py', '../_base_/default_runtime.py'
+]
+custom_imports = dict(imports=['alignzeg.mmseg_modules', 'baselines.mmseg_modules'], allow_failed_imports=False)
+data_root = 'data/synthetic'
+crop_size = (64, 64)
+model = dict(
+    data_preprocessor=dict(size=crop_size, size_divisor=None, test_cfg=dict(size_divisor=8)),
+    backbone=dict(
+        type='ZegCLIPPromptedBackbone',
+        clip=dict(model=None, pretrained='data/clip/tiny_clip.safetensors'),
+        out_layers=(3,),
+        num_tokens=10,
+        deep=True,
+        prompt_dropout=0.1,
+        final_norm=True),
+    decode_head=dict(
+        _delete_=True,  # the base model leaves decode_head None
+        type='ZegCLIPHead',
+        decoder=dict(in_channels=64, embed_dims=64, num_layers=3, num_heads=4, use_proj=False),
+        loss_focal_weight=100.0,
+        loss_dice_weight=1.0,
+        aux_loss=False,
+        ignore_as_negative=True,
+        seen_calibration=0.1),
+    split=data_root + '/split.json',
+    text=dict(templates='single'),
+    test_cfg=dict(mode='whole'))
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=2e-5, betas=(0.9, 0.999), weight_decay=0.01),
+    clip_grad=None,
+    paramwise_cfg=dict(custom_keys={
+        'backbone': dict(lr_mult=10.0),
+        'decode_head': dict(lr_mult=10.0),
+        'norm': dict(decay_mult=0.0),
+        'ln': dict(decay_mult=0.0),
+    }))
