@@ -17,8 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "text-embed": ("alignzeg.clip.text", "compute and cache class text embeddings for a vocabulary"),
     "train": ("experiments.train", "train a segmenter from a config with mmengine's Runner"),
     "test": ("experiments.test", "evaluate a checkpoint with the zero-shot metric"),
-    "analyse": ("analysis.tables", "tables of seen/unseen/hIoU and misalignment measures from metric JSON"),
-    "report": ("analysis.report", "plots and report.md from the analysis tables"),
+    "analyse": ("analysis.tables", "tables and figures of seen/unseen/hIoU and misalignment measures from metric JSON"),
+    "report": ("analysis.report", "report.md (tables, figures, published numbers) from the analysis folder"),
 }
 
 
