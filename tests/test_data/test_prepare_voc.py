@@ -148,3 +148,21 @@ def test_out_of_range_label_is_named_and_previous_output_kept(tmp_path):
     write_sbd_mat(sbd / "dataset" / "cls" / "d.mat", np.full((H, W), 255))
     with pytest.raises(SystemExit, match=r"d\.mat.*255"):
         run_voc(src, out, sbd)
+
+
+def test_colour_label_png_is_rejected(tmp_path):
+    """A SegmentationClass PNG saved as RGB colours (not palette indices) is named, not misread."""
+    from PIL import Image
+
+    src, sbd = make_voc(tmp_path)
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(src / "VOC2012" / "SegmentationClass" / "b.png")
+    _fails(tmp_path, src, sbd, r"b\.png.*mode 'RGB'")
+
+
+def test_count_note_for_a_subset(tmp_path, capsys):
+    src, sbd = make_voc(tmp_path)
+    out = tmp_path / "out"
+    assert run_voc(src, out, sbd) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["official_num_images"] == {"train": 10582, "val": 1449}
+    assert "4 train / 1 val" in meta["note"] and "10582 / 1449" in capsys.readouterr().err

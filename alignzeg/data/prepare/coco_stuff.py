@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from alignzeg.data.prepare.common import (IGNORE, Item, PrepareError, add_common_arguments, apply_lut,
-                                          check_items_exist, convert_items, read_index_png, require_dir,
-                                          write_split_and_meta)
+                                          check_items_exist, convert_items, note_counts, read_index_png,
+                                          require_dir, write_split_and_meta)
 
 SPLIT_NAME = "coco-stuff-156s15u"
 NUM_RAW = 182
@@ -68,12 +68,15 @@ def run(args) -> int:
         counts = convert_items(items, tmp, read_index_png, _to_train_ids, link=args.link,
                                desc="coco-stuff", progress=not args.no_progress,
                                workers=args.workers)
+        official = {"train": 118287, "val": 5000}
+        note = note_counts("coco-stuff", counts, official)
         write_split_and_meta(tmp, SPLIT_NAME, {
             "dataset": "coco-stuff164k",
             "num_images": {"train": counts.get("train", 0), "val": counts.get("val", 0)},
             "source": "COCO 2017 images + COCO-Stuff stuffthingmaps_trainval2017",
             "label_mapping": "171 used raw ids (0..181 without 11,25,28,29,44,65,67,68,70,82,90) in order "
                              "-> 0..170; everything else -> 255",
+            "official_num_images": official, "note": note,
         })
     print(f"coco-stuff: wrote {counts.get('train', 0)} train and {counts.get('val', 0)} val images to {args.out}")
     return 0

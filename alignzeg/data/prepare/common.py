@@ -207,6 +207,19 @@ def convert_items(items: Sequence[Item], out: Path, load_label: Callable[[Path],
     return counts
 
 
+def note_counts(dataset: str, counts: dict[str, int], official: dict[str, int]) -> str | None:
+    """Print (to stderr) and return a note when the image counts differ from the official ones."""
+    import sys
+
+    got = {k: counts.get(k, 0) for k in official}
+    if got == official:
+        return None
+    note = (f"{dataset}: converted {got['train']} train / {got['val']} val images; the official full set has "
+            f"{official['train']} / {official['val']} (fine for a subset, otherwise check the download)")
+    print(f"note: {note}", file=sys.stderr)
+    return note
+
+
 def write_split_and_meta(out: Path, split_name: str, meta: dict) -> None:
     """Copy the shipped split ``split_name`` to ``out/split.json`` and write ``out/meta.json``."""
     from alignzeg.splits import load_split

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from alignzeg.data.prepare.common import (IGNORE, Item, LutMapper, PrepareError, add_common_arguments,
-                                          check_items_exist, convert_items, read_list, require_dir,
+                                          check_items_exist, convert_items, note_counts, read_list, require_dir,
                                           require_file, write_split_and_meta)
 
 SPLIT_NAME = "context59-zs3-10u"
@@ -158,12 +158,15 @@ def run(args) -> int:
         counts = convert_items(items, tmp, load_label_map, to_train_ids, link=args.link,
                                desc="context", progress=not args.no_progress,
                                workers=args.workers)
+        official = {"train": 4998, "val": 5105}
+        note = note_counts("context", counts, official)
         write_split_and_meta(tmp, SPLIT_NAME, {
             "dataset": "context59",
             "num_images": {"train": counts.get("train", 0), "val": counts.get("val", 0)},
             "source": "PASCAL Context trainval.tar.gz (LabelMap, labels.txt) + VOC2010 JPEGImages",
             "label_mapping": "59 classes by name from labels.txt -> 0..58, everything else -> 255",
             "context459_ids": {names[k]: idx for idx, k in sorted(mapping.items(), key=lambda t: t[1])},
+            "official_num_images": official, "note": note,
         })
     print(f"context: wrote {counts.get('train', 0)} train and {counts.get('val', 0)} val images to {args.out}")
     return 0

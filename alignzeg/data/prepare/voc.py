@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from alignzeg.data.prepare.common import (IGNORE, Item, PrepareError, add_common_arguments, apply_lut,
-                                          check_items_exist, convert_items, read_index_png, read_list,
-                                          require_dir, write_split_and_meta)
+                                          check_items_exist, convert_items, note_counts, read_index_png,
+                                          read_list, require_dir, write_split_and_meta)
 
 SPLIT_NAME = "voc12-15s5u"
 NUM_CLASSES = 20
@@ -124,12 +124,15 @@ def run(args) -> int:
                                desc="voc", progress=not args.no_progress,
                                workers=args.workers)
         n_sbd = sum(1 for it in items if it.label.suffix == ".mat")
+        official = {"train": 10582, "val": 1449} if sbd is not None else {"train": 1464, "val": 1449}
+        note = note_counts("voc", counts, official)
         write_split_and_meta(tmp, SPLIT_NAME, {
             "dataset": "voc12aug" if sbd is not None else "voc12",
             "num_images": {"train": counts.get("train", 0), "val": counts.get("val", 0)},
             "source": "PASCAL VOC 2012 SegmentationClass" + (" + SBD cls/*.mat (GTcls.Segmentation)" if sbd else ""),
             "train_labels_from_sbd": n_sbd,
             "label_mapping": "VOC index 0 (background) -> 255, 1..20 -> 0..19, 255 -> 255",
+            "official_num_images": official, "note": note,
         })
     print(f"voc: wrote {counts.get('train', 0)} train and {counts.get('val', 0)} val images to {args.out}")
     return 0
