@@ -192,3 +192,30 @@ def test_runner_saves_meta_and_resumes(tmp_path):
                         load_from=str(ckpt_path))
     with pytest.raises(ValueError, match="different unseen split"):
         clash.train()
+
+
+def test_real_dataset_seen_and_all_modes_give_the_same_label_ordered_meta(tmp_path):
+    """COCO-Stuff's unseen classes are interleaved: seen + unseen would lose the label order."""
+    from alignzeg.datasets import ZeroShotSegDataset
+    from alignzeg.splits import load_split
+
+    split = load_split("coco-stuff-156s15u")
+    seen_mode = ZeroShotSegDataset(split=split.name, mode="seen", data_root=str(tmp_path), lazy_init=True)
+    all_mode = ZeroShotSegDataset(split=split.name, mode="all", data_root=str(tmp_path), lazy_init=True)
+    assert len(seen_mode.metainfo["classes"]) == 156
+    meta = zeroshot_meta(seen_mode)
+    assert meta == zeroshot_meta(all_mode)
+    assert meta["classes"] == list(split.classes) and meta["unseen"] == list(split.unseen)
+    assert meta["classes"] != list(split.seen) + list(split.unseen)
+    check_checkpoint_classes({"meta": {"zeroshot": meta}}, list(split.classes), list(split.unseen))
+
+
+def test_hook_registered_in_mmseg_hooks():
+    from mmseg.registry import HOOKS
+
+    from alignzeg.engine.hooks import ZeroShotMetaHook
+
+    hook = HOOKS.build(dict(type="ZeroShotMetaHook", require_meta=True))
+    assert isinstance(hook, ZeroShotMetaHook) and hook.require_meta
+    with pytest.raises(ValueError, match="no meta"):
+        hook.after_load_checkpoint(_fake_runner(_FakeDataset(_metainfo("all"))), {"meta": {}})
