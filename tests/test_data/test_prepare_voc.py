@@ -166,3 +166,11 @@ def test_count_note_for_a_subset(tmp_path, capsys):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["official_num_images"] == {"train": 10582, "val": 1449}
     assert "4 train / 1 val" in meta["note"] and "10582 / 1449" in capsys.readouterr().err
+
+
+def test_mat_without_gtcls_is_named(tmp_path):
+    from scipy.io import savemat
+
+    src, sbd = make_voc(tmp_path)
+    savemat(str(sbd / "dataset" / "cls" / "d.mat"), {"Segmentation": SBD_D})
+    _fails(tmp_path, src, sbd, r"d\.mat: no 'GTcls' struct \(found \['Segmentation'\]\)")

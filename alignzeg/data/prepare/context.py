@@ -90,7 +90,8 @@ def read_labels_txt(path: Path) -> dict[int, str]:
     return labels
 
 
-def context59_mapping(labels: dict[int, str], names: list[str], labels_path: Path | str = "labels.txt") -> dict[int, int]:
+def context59_mapping(labels: dict[int, str], names: list[str],
+                      labels_path: Path | str = "labels.txt") -> dict[int, int]:
     """{459-class id: position in ``names``} found by name (exact, then :data:`ALIASES`)."""
     by_name: dict[str, list[int]] = {}
     for idx, name in labels.items():

@@ -70,7 +70,8 @@ def load_sbd_mat(path: Path) -> np.ndarray:
     except Exception as err:
         raise PrepareError(f"unreadable label file {path}: {err}") from err
     if "GTcls" not in data:
-        raise PrepareError(f"label file {path}: no 'GTcls' struct (found {sorted(k for k in data if not k.startswith('__'))})")
+        found = sorted(k for k in data if not k.startswith("__"))
+        raise PrepareError(f"label file {path}: no 'GTcls' struct (found {found})")
     gt = data["GTcls"]
     seg = getattr(gt, "Segmentation", None)
     if seg is None:
