@@ -68,11 +68,11 @@ def restricted_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         with torch.serialization.safe_globals(mmengine_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if "global" in ln.lower()] or [str(err)]
         raise pickle.UnpicklingError(
             f"{path}: refused by the restricted (weights_only) loader because it holds a Python object "
             f"outside the mmengine allowlist. If this suite wrote the file, load it with "
-            f"alignzeg.engine.checkpoint.load_checkpoint_file. Detail: {str(err).splitlines()[-1] if str(err) else err}"
-        ) from err
+            f"alignzeg.engine.checkpoint.load_checkpoint_file. Detail: {lines[0]}") from err
     except (RuntimeError, EOFError, OSError) as err:
         raise RuntimeError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
 
