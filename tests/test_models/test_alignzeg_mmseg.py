@@ -14,10 +14,13 @@ from mmengine.optim import OptimWrapper  # noqa: E402
 from mmengine.structures import PixelData  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 from mmseg.structures import SegDataSample  # noqa: E402
+from mmseg.utils import register_all_modules  # noqa: E402
 
 import alignzeg.mmseg_modules  # noqa: E402,F401
 from alignzeg.clip.model import TINY_CLIP_CONFIG  # noqa: E402
 from alignzeg.mmseg_modules.alignzeg_head import AlignZegHead  # noqa: E402
+
+register_all_modules(init_default_scope=True)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "experiments" / "configs" / "alignzeg"
