@@ -1,12 +1,13 @@
 """Two-stage decoupled zero-shot segmentation: mask proposals, then CLIP classification of masked regions.
 
 Follows the decoupled formulation of ZegFormer (Ding et al., "Decoupling Zero-Shot Semantic
-Segmentation", CVPR 2022; github.com/dingjiansw101/ZegFormer, MIT licence) in the form of zsseg (Xu et al.,
+Segmentation", CVPR 2022; github.com/dingjiansw101/ZegFormer) in the form of zsseg (Xu et al.,
 "A Simple Baseline for Open-Vocabulary Semantic Segmentation with Pre-trained Vision-language Model",
-ECCV 2022, arXiv 2112.14757; github.com/MendelXu/zsseg.baseline, MIT licence), read for
+ECCV 2022, arXiv 2112.14757; github.com/MendelXu/zsseg.baseline, built on MaskFormer), read for
 ``mask_former/zero_shot_mask_former_model.py`` (``semantic_inference``) and
 ``mask_former/modeling/clip_adapter`` (``MaskFormerClipAdapter``, ``crop_with_mask``). Written anew from
-the papers and that code's description; nothing is copied.
+the papers and that code's description; nothing is copied (the licences of both repositories could not be
+read here; see baselines/README.md).
 
 1. Proposal stage (trained on seen classes): a MaskFormer-style set predictor. ``Q`` learnable queries are
    refined by a small transformer decoder over image features, each query predicts a mask (dot product of
