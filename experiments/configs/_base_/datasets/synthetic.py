@@ -1,0 +1,43 @@
+# The embedded synthetic zero-shot benchmark (`alignzeg prepare synthetic`, DVC output data/synthetic):
+# 64x64 scenes; split.json in the data root. Training sees seen classes only (mode 'seen': unseen pixels
+# ignored, labels in seen-index space); validation and test use all classes (mode 'all').
+dataset_type = 'SyntheticZSDataset'
+data_root = 'data/synthetic'
+crop_size = (64, 64)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(
+    batch_size=16,
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        mode='seen',
+        data_prefix=dict(img_path='images/train', seg_map_path='annotations/train'),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=8,
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        mode='all',
+        test_mode=True,
+        data_prefix=dict(img_path='images/val', seg_map_path='annotations/val'),
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='ZeroShotIoUMetric')
+test_evaluator = val_evaluator

@@ -1,0 +1,147 @@
+"""``alignzeg train CONFIG``: train a zero-shot segmenter with mmengine's Runner.
+
+Also runnable as ``python experiments/train.py CONFIG [options]``. Follows mmsegmentation's
+``tools/train.py`` (Apache-2.0): config file + ``--cfg-options`` overrides, ``Runner.from_cfg``, mmengine
+launchers for distributed training (``torchrun ... --launcher pytorch``, Slurm). Differences:
+``--resume`` without a path auto-resumes from the last checkpoint of the work dir, ``--seed`` sets
+``randomness.seed``, mmengine checkpoints are read with a restricted loader under torch >= 2.6, and the
+model's vocabulary is checked against the training dataset's classes before the first iteration.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+
+if __package__ in (None, ""):  # `python experiments/train.py`: make the repository importable
+    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``test``."""
+    from mmengine.config import DictAction
+
+    parser.add_argument("--work-dir", help="folder for logs, checkpoints and metrics "
+                                           "(default: the config's work_dir, else work_dirs/<config name>)")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
+                        help="override config entries, e.g. model.backbone.clip.pretrained=PATH "
+                             "train_dataloader.dataset.data_root=DIR")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                        help="distributed launcher (use with torchrun or srun)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="config file (experiments/configs/...)")
+    add_common_arguments(parser)
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                        help="resume training: from CHECKPOINT, or (no value) from the last checkpoint in the "
+                             "work dir; starts from scratch when there is none")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (sets randomness.seed)")
+    parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN/torch algorithms")
+    parser.add_argument("--amp", action="store_true", help="automatic mixed precision (AmpOptimWrapper)")
+
+
+def load_config(args: argparse.Namespace):
+    """Read the config, apply ``--cfg-options``, ``--launcher`` and the work dir."""
+    from mmengine.config import Config
+
+    if not osp.isfile(args.config):
+        raise SystemExit(f"config file not found: {args.config}")
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir") is None:
+        cfg.work_dir = osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0])
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return cfg
+
+
+def prepare_runtime() -> None:
+    """Install the checkpoint loader that reads mmengine checkpoints under torch >= 2.6."""
+    from alignzeg.engine.checkpoint import register_mmengine_loader
+
+    register_mmengine_loader()
+
+
+def set_metric_output_dir(evaluator, out_dir: str, overwrite: bool) -> bool:
+    """Point the ZeroShotIoUMetric entries of an evaluator config at ``out_dir`` (only unset ones unless
+    ``overwrite``). Returns whether there was one."""
+    items = evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]
+    found = False
+    for item in items:
+        if item is None:
+            continue
+        metrics = item.get("metrics") if item.get("type") == "Evaluator" else item
+        for metric in (metrics if isinstance(metrics, (list, tuple)) else [metrics]):
+            if metric is not None and metric.get("type") == "ZeroShotIoUMetric":
+                if overwrite or metric.get("output_dir") is None:
+                    metric["output_dir"] = out_dir
+                found = True
+    return found
+
+
+def unwrap(model):
+    from mmengine.model import is_model_wrapper
+
+    return model.module if is_model_wrapper(model) else model
+
+
+def check_vocabulary(runner, dataset, which: str) -> None:
+    """Raise if the model's vocabulary ('seen' / 'all') is not the dataset's class list (label order)."""
+    model = unwrap(runner.model)
+    if not hasattr(model, "check_dataset_meta"):
+        return
+    model.check_dataset_meta(dataset.metainfo, which)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmengine.runner import Runner
+
+    prepare_runtime()
+    cfg = load_config(args)
+    if args.seed is not None:
+        randomness = dict(cfg.get("randomness") or {})
+        randomness["seed"] = args.seed
+        cfg.randomness = randomness
+    if args.deterministic:
+        randomness = dict(cfg.get("randomness") or {})
+        randomness["deterministic"] = True
+        cfg.randomness = randomness
+    if args.amp:
+        wrapper = cfg.optim_wrapper.get("type", "OptimWrapper")
+        if wrapper != "AmpOptimWrapper":
+            cfg.optim_wrapper.type = "AmpOptimWrapper"
+            cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+    if args.resume == "auto":
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        if not osp.isfile(args.resume):
+            raise SystemExit(f"--resume: checkpoint not found: {args.resume}")
+        cfg.resume = True
+        cfg.load_from = args.resume
+
+    if cfg.get("val_evaluator") is not None:
+        set_metric_output_dir(cfg.val_evaluator, cfg.work_dir, overwrite=False)
+    runner = Runner.from_cfg(cfg)
+    model = unwrap(runner.model)
+    check_vocabulary(runner, runner.train_loop.dataloader.dataset,
+                     getattr(model, "train_vocabulary", "seen"))
+    runner.train()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python experiments/train.py", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return int(run(parser.parse_args(argv)) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
