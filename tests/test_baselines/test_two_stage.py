@@ -1,5 +1,4 @@
 """Two-stage (ZegFormer / zsseg style) pieces against hand-computed or independently computed values."""
-import math
 
 import pytest
 import torch
