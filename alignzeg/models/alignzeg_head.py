@@ -18,8 +18,8 @@ Structure (one decoder layer = one deep-supervision output):
   too; ``mrpe=False`` is the queries-only Mask2Former-style layer (no masked attention).
 - Masks: ``mask_embed(q) · pixel_features`` at 1/4 resolution (class-agnostic proposals).
 - Proposal embedding ``z`` (unit vector in CLIP's joint space, dimension D): the CLIP dense embedding
-  (``feats['dense_embed']``, MaskCLIP value path) average-pooled under the proposal's sigmoid mask,
-  normalised, plus a learned projection of the query (zero-initialised, so training starts from
+  (``feats['dense_embed']``, MaskCLIP value path) average-pooled under the proposal's sigmoid mask
+  (mask logits detached), normalised, plus a learned projection of the query (zero-initialised, so training starts from
   CLIP's own region recognition), normalised again.
 - Class logits: ``s · cos(z, t_c)`` for the C text embeddings, and a last "no object / background"
   column ``background_logit(z, prototypes, s)``; ``s`` is a learnable logit scale (temperature⁻¹).
