@@ -100,7 +100,9 @@ def method_config(params: dict, method: str, seed: int, work_dir: Path, componen
 
     max_iters = int(_get(train, "max_iters", "train"))
     cfg.train_cfg.max_iters = max_iters
-    cfg.train_cfg.val_interval = max_iters + 1  # evaluation is its own stage
+    cfg.train_cfg.val_interval = max_iters + 1
+    for key in ("val_dataloader", "val_cfg", "val_evaluator"):  # evaluation is its own stage
+        cfg[key] = None
     cfg.train_dataloader.batch_size = int(_get(train, "batch_size", "train"))
     if "lr" in train and train["lr"] is not None:
         cfg.optim_wrapper.optimizer.lr = float(train["lr"])
