@@ -1,0 +1,155 @@
+"""Contrastive pre-training of the tiny CLIP (``alignzeg pretrain-clip``) on a tiny synthetic set."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alignzeg.clip import pretrain as P
+from alignzeg.clip.model import build_clip, clip_tokenizer
+from alignzeg.data import synthetic as S
+
+
+def _args(data, out, **kw):
+    parser = argparse.ArgumentParser()
+    P.add_arguments(parser)
+    argv = ["--data", str(data), "--out", str(out), "--epochs", "3", "--batch-size", "8",
+            "--val-fraction", "0.25", "--lr", "2e-3", "--threads", "2", "--no-progress"]
+    for k, v in kw.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pre") / "synthetic"
+    S.generate(out, seed=0, num_train=24, num_val=0)  # 18 for training (2 steps of 8), 6 held out
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "clip.safetensors"
+    model, report = P.train_clip(_args(data, out))
+    return out, model, report
+
+
+def test_loss_equals_clip_loss_when_texts_are_distinct():
+    gen = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(5, 8, generator=gen), dim=1)
+    txt = F.normalize(torch.randn(5, 8, generator=gen), dim=1)
+    scale = torch.tensor(7.0)
+    logits = scale * img @ txt.t()
+    target = torch.arange(5)
+    clip = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    torch.testing.assert_close(P.contrastive_loss(img, txt, target, scale), clip)
+
+
+def test_loss_with_shared_and_unused_texts_by_hand():
+    """Images 0 and 1 share text 0, image 2 has text 1, text 2 is a negative only."""
+    rng = np.random.default_rng(1)
+    img = rng.normal(size=(3, 4))
+    txt = rng.normal(size=(3, 4))
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    s = 3.0
+    L = s * img @ txt.T
+
+    def log_softmax(v):
+        return v - np.log(np.exp(v).sum())
+
+    i2t = -np.mean([log_softmax(L[0])[0], log_softmax(L[1])[0], log_softmax(L[2])[1]])
+    col0, col1 = log_softmax(L[:, 0]), log_softmax(L[:, 1])
+    t2i = np.mean([-(0.5 * col0[0] + 0.5 * col0[1]), -col1[2]])
+    got = P.contrastive_loss(torch.tensor(img), torch.tensor(txt), torch.tensor([0, 0, 1]), torch.tensor(s))
+    assert got.item() == pytest.approx(0.5 * (i2t + t2i), rel=1e-9)
+
+
+def test_find_regions_on_a_known_map():
+    lab = np.zeros((64, 64), np.uint8)
+    lab[32:] = 1                     # stuff 1 in the bottom half
+    lab[10:20, 40:50] = 5            # a 10x10 object
+    lab[60:63, 60:63] = 6            # 9 pixels: too small for a region
+    regions = dict(P.find_regions(lab, stuff_ids={0, 1}))
+    assert sorted(regions) == [0, 1, 5]
+    assert regions[5] == pytest.approx((38.5, 8.5, 51.5, 21.5))   # 13 px square (15 % margin) around it
+    assert regions[0] == (0.0, 0.0, 32.0, 32.0)                    # first pure 32 px window
+    assert regions[1] == (0.0, 32.0, 32.0, 64.0)
+
+
+def test_training_lowers_loss_and_writes_reloadable_checkpoint(trained, data):
+    out, model, report = trained
+    losses = [h["loss"] for h in report["history"]]
+    assert len(losses) == 3 and report["steps"] == 6
+    assert losses[-1] < losses[0] - 0.2, losses
+    assert not (out.parent / (out.name + ".partial")).exists()
+    loaded = build_clip(None, out)
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    tokens = clip_tokenizer(out)(["a photo of a red circle.", "a blue ring on grass."])
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(images), loaded.encode_image(images))
+        assert torch.equal(model.encode_text(tokens), loaded.encode_text(tokens))
+    assert loaded.alignzeg_cfg["vision_cfg"]["image_size"] == 64
+
+
+def test_report_numbers_are_consistent(trained):
+    out, _, report = trained
+    on_disk = json.loads((out.parent / (out.name + ".json")).read_text())
+    assert on_disk["heldout"]["acc_seen"] == report["heldout"]["acc_seen"]
+    h = report["heldout"]
+    names = S.class_names()
+    assert h["num_classes"] == len(names) and h["chance_acc"] == pytest.approx(100 / len(names))
+    conf = np.asarray(h["confusion"])
+    unseen = np.isin(np.arange(len(names)), [names.index(u) for u in S.DEFAULT_UNSEEN])
+    n_seen, n_unseen = conf[~unseen].sum(), conf[unseen].sum()
+    assert (n_seen, n_unseen) == (h["num_regions"]["seen"], h["num_regions"]["unseen"])
+    assert n_seen + n_unseen == sum(c["n"] for c in h["per_class"]) > 0
+    assert h["acc_seen"] == pytest.approx(100 * np.trace(conf * ~unseen[:, None]) / n_seen)
+    if n_unseen:
+        assert h["acc_unseen"] == pytest.approx(100 * np.diag(conf)[unseen].sum() / n_unseen)
+    assert report["num_heldout_images"] == 6 and h["num_scenes"] == 6
+
+
+def test_deterministic_and_resumable(trained, data, tmp_path, monkeypatch, capsys):
+    """A second run, interrupted after its first epoch and resumed from FILE.partial, ends with
+    bit-identical weights to the fixture's uninterrupted run (same seed, same machine)."""
+    ref = trained[1].state_dict()
+    # an interrupted run resumes from FILE.partial and ends with the same weights
+    out = tmp_path / "b.safetensors"
+    real_plan = P.epoch_plan
+
+    def stop_at_second_epoch(seed, epoch, *a, **kw):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_plan(seed, epoch, *a, **kw)
+
+    monkeypatch.setattr(P, "epoch_plan", stop_at_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        P.train_clip(_args(data, out))
+    monkeypatch.setattr(P, "epoch_plan", real_plan)
+    partial = tmp_path / "b.safetensors.partial"
+    assert partial.exists() and not out.exists()
+    with pytest.raises(ValueError, match=r"partial.*lr"):
+        P.train_clip(_args(data, out, lr=1e-3))
+    capsys.readouterr()
+    assert P.run(_args(data, out)) == 0
+    printed = capsys.readouterr().out
+    assert "resuming" in printed and "seen" in printed and "unseen" in printed
+    resumed = build_clip(None, out).state_dict()
+    for k, v in resumed.items():
+        assert torch.equal(v, ref[k]), k
+    assert not partial.exists()
+
+
+def test_bad_inputs_are_named(tmp_path, data):
+    with pytest.raises(FileNotFoundError, match="split.json"):
+        P.train_clip(_args(tmp_path, tmp_path / "x.safetensors"))
+    with pytest.raises(ValueError, match="--val-fraction"):
+        P.train_clip(_args(data, tmp_path / "x.safetensors", val_fraction=1.5))
