@@ -138,6 +138,23 @@ def load_components(path: Path) -> dict[str, bool]:
     return out
 
 
+def variant_components(variant_dir: Path) -> dict[str, bool] | None:
+    """Switches of an ablation variant: ``<variant>/components.json``, else the ``seed<k>/components.json``
+    files (one per run, as the DVC pipeline writes them), which must all agree."""
+    top = variant_dir / COMPONENTS_FILE
+    if top.is_file():
+        return load_components(top)
+    found = {p: load_components(p) for p in sorted(variant_dir.glob(f"seed*/{COMPONENTS_FILE}"))
+             if SEED_DIR.match(p.parent.name)}
+    if not found:
+        return None
+    (first_path, first), *rest = found.items()
+    for path, comps in rest:
+        if comps != first:
+            raise ValueError(f"{path}: switches {comps} differ from {first_path}: {first}")
+    return first
+
+
 def _seed_runs(method_dir: Path, group: str, method: str, components=None) -> list[Run]:
     runs = []
     for sub in sorted(method_dir.iterdir()):
@@ -164,11 +181,10 @@ def discover_runs(results: str | Path) -> list[Run]:
     for method_dir in sorted(p for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if method_dir.name == ABLATION_DIR:
             for variant_dir in sorted(p for p in method_dir.iterdir() if p.is_dir()):
-                comp_path = variant_dir / COMPONENTS_FILE
-                if not comp_path.is_file():
+                comps = variant_components(variant_dir)
+                if comps is None:
                     log.warning("%s: no %s, ablation variant skipped", variant_dir, COMPONENTS_FILE)
                     continue
-                comps = load_components(comp_path)
                 runs += _seed_runs(variant_dir, "ablation", variant_dir.name, comps)
             continue
         found = _seed_runs(method_dir, "main", method_dir.name)

@@ -222,3 +222,26 @@ def test_cli_analyse_writes_every_table(results_root, tmp_path):
     main_csv = pd.read_csv(out / "main_table.csv")
     a = _values("alignzeg", "hIoU")
     assert main_csv.loc[main_csv["method"] == "alignzeg", "hIoU_mean"].iloc[0] == pytest.approx(a.mean())
+
+
+def test_components_per_seed_as_the_pipeline_writes_them(results_root):
+    """The DVC ablate stage writes components.json into each seed folder: the same switches are read."""
+    expected = {r.method: r.components for r in T.discover_runs(results_root) if r.group == "ablation"}
+    for vdir in (results_root / "ablation").iterdir():
+        top = vdir / "components.json"
+        text = top.read_text()
+        top.unlink()
+        for seed_dir in vdir.glob("seed*"):
+            (seed_dir / "components.json").write_text(text)
+    got = {r.method: r.components for r in T.discover_runs(results_root) if r.group == "ablation"}
+    assert got == expected and len(got) == len(ABLATION)
+
+
+def test_components_disagreeing_between_seeds_is_an_error(results_root):
+    vdir = next(p for p in sorted((results_root / "ablation").iterdir()))
+    (vdir / "components.json").unlink()
+    seeds = sorted(vdir.glob("seed*"))
+    (seeds[0] / "components.json").write_text(json.dumps({"mrpe": True, "fes": True, "bds": True, "pbc": True}))
+    (seeds[1] / "components.json").write_text(json.dumps({"mrpe": False, "fes": True, "bds": True, "pbc": True}))
+    with pytest.raises(ValueError, match="differ from"):
+        T.discover_runs(results_root)
