@@ -158,6 +158,9 @@ def load_split_data(data: Path, split_name: str, stems: list[str], captions: lis
             r_img.append(i)
             r_box.append(box)
             r_lab.append(c)
+    if not imgs:  # e.g. --val-fraction 0: nothing held out
+        return CaptionedImages([], torch.zeros((0, 3, 0, 0), dtype=torch.uint8), [],
+                               RegionSet(np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0, np.int64)))
     images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
     regions = RegionSet(np.asarray(r_img, dtype=np.int64), np.asarray(r_box, dtype=np.float64).reshape(-1, 4),
                         np.asarray(r_lab, dtype=np.int64))
@@ -358,7 +361,7 @@ def evaluate(model, tokenizer, split, held: CaptionedImages, image_size: int, ba
             sim = torch.cat(img_emb) @ torch.cat(cap_emb).t()
             r1 = float((sim.argmax(1) == torch.arange(sim.shape[0])).float().mean() * 100)
     u_mask = is_u
-    return {
+    return _nan_to_none({
         "prompt": PROMPT,
         "vocabulary": "all classes",
         "num_classes": len(classes),
@@ -377,7 +380,12 @@ def evaluate(model, tokenizer, split, held: CaptionedImages, image_size: int, ba
         "per_class": per_class,
         "confusion": np.bincount(gt * len(classes) + pred, minlength=len(classes) ** 2)
                        .reshape(len(classes), len(classes)).tolist(),
-    }
+    })
+
+
+def _nan_to_none(d: dict) -> dict:
+    """Undefined numbers (no regions of a kind) become JSON null instead of NaN."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -587,7 +595,10 @@ def run(args: argparse.Namespace) -> int:
     _, report = train_clip(args)
     h = report["heldout"]
     print(f"wrote {report['checkpoint']} ({report['steps']} steps, {report['seconds']:.0f} s)")
+    def pct(v):
+        return "n/a" if v is None else f"{v:.1f} %"
+
     print(f"held-out zero-shot region accuracy over {h['num_classes']} classes (chance {h['chance_acc']:.1f} %): "
-          f"seen {h['acc_seen']:.1f} %, unseen {h['acc_unseen']:.1f} %; "
-          f"scene->caption R@1 {h['scene_caption_recall_at_1']:.1f} % of {h['num_scenes']}")
+          f"seen {pct(h['acc_seen'])}, unseen {pct(h['acc_unseen'])}; "
+          f"scene->caption R@1 {pct(h['scene_caption_recall_at_1'])} of {h['num_scenes']}")
     return 0

@@ -45,7 +45,7 @@ import argparse
 import io
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +139,6 @@ class SceneSpec:
     wave_amp: float = 0.0
     wave_period: float = 32.0
     wave_phase: float = 0.0
-    extra: dict = field(default_factory=dict, compare=False)
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -153,3 +153,12 @@ def test_bad_inputs_are_named(tmp_path, data):
         P.train_clip(_args(tmp_path, tmp_path / "x.safetensors"))
     with pytest.raises(ValueError, match="--val-fraction"):
         P.train_clip(_args(data, tmp_path / "x.safetensors", val_fraction=1.5))
+
+
+def test_nothing_held_out_gives_null_accuracies(data, tmp_path):
+    out = tmp_path / "n.safetensors"
+    _, report = P.train_clip(_args(data, out, val_fraction=0, epochs=1))
+    h = json.loads((tmp_path / "n.safetensors.json").read_text())["heldout"]
+    assert report["num_heldout_images"] == 0 and h["num_scenes"] == 0
+    assert h["acc_seen"] is None and h["acc_unseen"] is None
+    assert build_clip(None, out).visual.image_size == (64, 64)

@@ -172,3 +172,14 @@ def test_cli_custom_unseen_and_errors(tmp_path, capsys):
     S.generate(tmp_path / "f", num_train=1, num_val=0, unseen=[f"red {s}" for s in S.SHAPES])
     assert "warning" in capsys.readouterr().out
     assert json.loads((tmp_path / "f" / "meta.json").read_text())["unseen_coverage_ok"] is False
+
+
+def test_through_the_alignzeg_cli(tmp_path):
+    from alignzeg.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["prepare", "synthetic", "--out", str(out), "--num-train", "3", "--num-val", "2",
+                 "--seed", "5", "--no-progress"]) == 0
+    direct = tmp_path / "direct"
+    S.generate(direct, seed=5, num_train=3, num_val=2)
+    assert _tree_digest(out) == _tree_digest(direct)
