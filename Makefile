@@ -22,8 +22,9 @@ $(STAMP): requirements.txt pyproject.toml experiments/tools/build_mmcv.sh
 	$(VPY) -c "import mmseg.models, open_clip, alignzeg; print('environment OK')"
 	@touch $(STAMP)
 
+# Stages call `alignzeg` and `python`: run them from the venv.
 demo: $(STAMP)
-	$(VENV)/bin/dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
 test: $(STAMP)
 	$(VPY) -m pytest -q tests

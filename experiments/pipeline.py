@@ -90,7 +90,7 @@ def method_config(params: dict, method: str, seed: int, work_dir: Path, componen
             cfg[loader].dataset.data_root = data_root
     cfg.model.split = _get(base, "split", "base")
     cfg.model.backbone.clip.pretrained = _get(base, "clip_checkpoint", "base")
-    cfg.model.text.cache_dir = _get(base, "text_cache", "base")
+    cfg.model.text.cache_dir = str(_run_text_cache(_get(base, "text_cache", "base"), work_dir))
     overrides = (train.get("overrides") or {}).get(method) or {}
     if overrides:
         cfg.merge_from_dict(overrides)
@@ -126,6 +126,20 @@ def method_config(params: dict, method: str, seed: int, work_dir: Path, componen
     cfg.work_dir = str(work_dir)
     cfg.experiment_name = f"{method}-seed{seed}-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}"
     return cfg
+
+
+def _run_text_cache(shared: str, work_dir: Path) -> Path:
+    """A per-run copy of the text-embedding cache written by the ``text_embed`` stage.
+
+    Runs read the stage's embeddings (cache hits) but never write into the stage's output, so
+    ``dvc status`` stays clean whatever vocabulary a method asks for.
+    """
+    own = Path(work_dir) / "text_cache"
+    own.mkdir(parents=True, exist_ok=True)
+    for src in Path(shared).glob("text-*.safetensors"):
+        if not (own / src.name).exists():
+            shutil.copyfile(src, own / src.name)
+    return own
 
 
 def _set_threads(params: dict) -> None:

@@ -249,6 +249,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"template set ({', '.join(TEMPLATES)}) or a file with one template per line")
     parser.add_argument("--out", required=True, help="output file, .safetensors or .pt")
     parser.add_argument("--cache-dir", default=None, help="optional embedding cache folder")
+    parser.add_argument("--seen-too", action="store_true",
+                        help="with --split and --cache-dir: also cache the seen vocabulary (what training uses)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=256)
 
@@ -278,6 +280,12 @@ def run(args) -> int:
     encoder = TextEncoder(model, tokenizer, templates=args.templates, cache_dir=args.cache_dir,
                           batch_size=args.batch_size)
     emb = encoder.embed(names)
+    if args.seen_too:
+        if not (args.split and args.cache_dir):
+            raise SystemExit("alignzeg text-embed: --seen-too needs --split and --cache-dir")
+        from alignzeg.splits import load_split
+
+        encoder.embed(list(load_split(args.split).seen))
     save_embeddings(args.out, emb, names, templates=encoder.templates, key=encoder.cache_key)
     print(f"wrote {args.out}: {emb.shape[0]} classes x {emb.shape[1]} dims, {len(encoder.templates)} templates "
           f"({encoder.num_encode_calls} encode calls)")

@@ -117,3 +117,26 @@ def test_text_embed_cli_missing_names_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         main(["text-embed", "--model", str(tmp_path / "x.json"), "--names-file", str(tmp_path / "missing.txt"),
               "--out", str(tmp_path / "o.pt")])
+
+
+def test_text_embed_seen_too_fills_the_cache_training_reads(tmp_path, tiny_model):
+    """`--seen-too` caches the seen vocabulary too: a TextEncoder on the same checkpoint then hits for both."""
+    from alignzeg.cli import main
+    from alignzeg.clip.model import build_clip
+    from alignzeg.splits import load_split
+
+    ckpt = save_clip(tiny_model, TINY_CLIP_CONFIG, tmp_path / "tiny.safetensors")
+    cache = tmp_path / "cache"
+    assert main(["text-embed", "--pretrained", str(ckpt), "--split", "voc12-15s5u", "--templates", "single",
+                 "--cache-dir", str(cache), "--seen-too", "--out", str(tmp_path / "v.safetensors")]) == 0
+    assert len(list(cache.glob("text-*.safetensors"))) == 2
+    split = load_split("voc12-15s5u")
+    model = build_clip(None, ckpt)
+    enc = TextEncoder(model, clip_tokenizer(model), templates="single", cache_dir=cache)
+    seen = enc.embed(list(split.seen))
+    full = enc.embed(list(split.classes))
+    assert enc.num_encode_calls == 0
+    torch.testing.assert_close(seen, full[split.seen_ids])
+    with pytest.raises(SystemExit, match="--seen-too needs"):
+        main(["text-embed", "--pretrained", str(ckpt), "--names-file", str(tmp_path / "n.txt"), "--seen-too",
+              "--out", str(tmp_path / "w.pt")]) if (tmp_path / "n.txt").write_text("cat\n") else None

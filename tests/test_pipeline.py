@@ -1,0 +1,199 @@
+"""The DVC pipeline end to end on a tiny profile, in a temporary git repository.
+
+Runs ``dvc repro`` on a copy of the repository's tracked files with a ``params.yaml`` shrunk to seconds
+per stage (2 seeds, 3 training iterations, 2 ablation variants), then checks that every declared
+output exists and parses, that the analysis tables equal numbers recomputed here from the metric JSON,
+that ``dvc status`` is clean and that a second ``dvc repro`` runs nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pd = pytest.importorskip("pandas")
+
+
+def _tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    files = [f for f in out.decode().split("\0") if f]
+    assert "dvc.yaml" in files and "params.yaml" in files, "run the tests from a git checkout of the repository"
+    return files
+
+
+def _run(cmd: list[str], cwd: Path, env: dict) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc.stdout + proc.stderr
+
+
+def _tiny_params(params: dict) -> dict:
+    params["base"]["seeds"] = [0, 1]
+    params["prepare"].update(num_train=64, num_val=8)
+    params["pretrain_clip"].update(epochs=1, batch_size=16)
+    params["train"].update(max_iters=3, warmup_iters=1, batch_size=4, log_interval=1)
+    params["ablate"]["variants"] = ["add-fes", "drop-pbc"]
+    return params
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory) -> tuple[Path, dict, str]:
+    root = tmp_path_factory.mktemp("pipeline") / "repo"
+    for rel in _tracked_files():
+        src = REPO / rel
+        if src.is_file():
+            dst = root / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    params = _tiny_params(yaml.safe_load((root / "params.yaml").read_text()))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", MPLBACKEND="Agg",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.org")
+    dvc = str(Path(sys.executable).parent / "dvc")
+    _run(["git", "init", "-q"], root, env)
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "tiny profile"], root, env)
+    log = _run([dvc, "repro"], root, env)
+    return root, env, log
+
+
+def _stage_outputs(root: Path) -> list[Path]:
+    """Every out / metrics path that `dvc.yaml` declares, resolved by DVC itself (matrix expanded)."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    paths = []
+    for stage in lock["stages"].values():
+        paths += [root / o["path"] for o in stage.get("outs", [])]
+    return paths
+
+
+def _check_parses(path: Path) -> None:
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file()]
+        assert files, f"{path} is an empty output folder"
+        for p in files:
+            _check_parses(p)
+        return
+    assert path.stat().st_size > 0, f"{path} is empty"
+    suffix = path.suffix
+    if suffix == ".json":
+        json.loads(path.read_text())
+    elif suffix == ".npz":
+        with np.load(path) as data:
+            assert set(data.files) >= {"top_seen", "top_unseen"}
+    elif suffix == ".csv":
+        assert len(pd.read_csv(path)) > 0, path
+    elif suffix == ".png":
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    elif suffix == ".svg":
+        import xml.etree.ElementTree as ET
+
+        ET.parse(path)
+    elif suffix == ".md":
+        assert "|" in path.read_text(), path
+    elif suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            assert len(list(fh.keys())) > 0
+    elif suffix == ".pth":
+        import torch
+
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        assert "state_dict" in ckpt and "zeroshot" in ckpt["meta"], path
+
+
+def test_every_declared_output_exists_and_parses(pipeline_repo):
+    root, _, _ = pipeline_repo
+    outs = _stage_outputs(root)
+    # prepare, pretrain, text, 4 methods x 2 seeds x (train + 2 eval outs), maskclip, 2 x 2 ablation, ...
+    assert len(outs) > 30
+    for path in outs:
+        assert path.exists(), f"declared output missing: {path}"
+        _check_parses(path)
+
+
+def test_status_clean_and_second_repro_does_nothing(pipeline_repo):
+    root, env, _ = pipeline_repo
+    dvc = str(Path(sys.executable).parent / "dvc")
+    status = _run([dvc, "status"], root, env)
+    assert "up to date" in status, status
+    again = _run([dvc, "repro"], root, env)
+    assert "Running stage" not in again, again
+
+
+def _recomputed(results: Path, method: str, key: str) -> list[float]:
+    values = []
+    for path in sorted((results / method).glob("seed*/zeroshot_metrics.json")):
+        m = json.loads(path.read_text())
+        values.append(m[key])
+    return values
+
+
+def test_analysis_tables_equal_numbers_recomputed_from_metric_json(pipeline_repo):
+    root, _, _ = pipeline_repo
+    results = root / "results"
+    table = pd.read_csv(root / "reports" / "analysis" / "main_table.csv").set_index("method")
+    methods = ["alignzeg", "san-parent", "zegclip", "two-stage", "maskclip"]
+    assert sorted(table.index) == sorted(methods)
+    for method in methods:
+        for key, col in (("mIoU_seen", "S"), ("mIoU_unseen", "U"), ("hIoU", "hIoU")):
+            vals = np.array(_recomputed(results, method, key), dtype=float)
+            assert len(vals) == (1 if method == "maskclip" else 2)
+            assert table.loc[method, f"{col}_mean"] == pytest.approx(vals.mean(), abs=1e-9)
+            if len(vals) > 1:
+                assert table.loc[method, f"{col}_std"] == pytest.approx(vals.std(ddof=1), abs=1e-9)
+        for path in (results / method).glob("seed*/zeroshot_metrics.json"):
+            m = json.loads(path.read_text())
+            s, u = m["mIoU_seen"], m["mIoU_unseen"]
+            h = 0.0 if s + u == 0 else 2 * s * u / (s + u)
+            assert m["hIoU"] == pytest.approx(h, abs=1e-9)
+            flat = json.loads((path.parent / "metrics.json").read_text())
+            assert flat["hIoU"] == pytest.approx(m["hIoU"], abs=1e-12)
+    # The winner reported in summary.json is the method with the highest recomputed mean hIoU.
+    summary = json.loads((root / "reports" / "summary.json").read_text())
+    means = {m: float(np.mean(_recomputed(results, m, "hIoU"))) for m in methods}
+    best = max(means.values())
+    assert means[summary["winner"]["winner"]] == pytest.approx(best, abs=1e-9)
+
+
+def test_ablation_rows_and_shared_rows(pipeline_repo):
+    root, _, _ = pipeline_repo
+    results = root / "results"
+    abl = pd.read_csv(root / "reports" / "analysis" / "ablation_table.csv")
+    assert len(abl) == 4  # parent, +FES, full - PBC, full
+    # 'full' and 'parent' rows are the main AlignZeg and parent runs, copied, not re-trained.
+    for variant, method in (("full", "alignzeg"), ("parent", "san-parent")):
+        for seed in (0, 1):
+            a = json.loads((results / "ablation" / variant / f"seed{seed}" / "zeroshot_metrics.json").read_text())
+            b = json.loads((results / method / f"seed{seed}" / "zeroshot_metrics.json").read_text())
+            assert a == b
+    comps = json.loads((results / "ablation" / "drop-pbc" / "seed0" / "components.json").read_text())
+    assert comps == {"mrpe": True, "fes": True, "bds": True, "pbc": False}
+
+
+def test_report_and_metrics_commands(pipeline_repo):
+    root, env, _ = pipeline_repo
+    report = (root / "reports" / "report.md").read_text()
+    assert "## Main results" in report and "AlignZeg" in report
+    dvc = str(Path(sys.executable).parent / "dvc")
+    shown = _run([dvc, "metrics", "show", "--json"], root, env)
+    data = json.loads(shown[shown.index("{"):])
+    flat = json.dumps(data)
+    assert "mIoU_unseen" in flat and "unseen_to_seen" in flat
+    out = _run([dvc, "plots", "show", "-o", str(root / "dvc_plots")], root, env)
+    assert (root / "dvc_plots" / "index.html").is_file(), out
+    exp = _run([dvc, "exp", "show", "--json"], root, env)
+    assert "hIoU" in exp
+    assert math.isfinite(float(data and 1))
