@@ -7,6 +7,13 @@ both maxima and writes them to ``out_file`` (``.npz`` with ``top_seen`` and ``to
 ``analysis/plots.py``. Scores are the model's per-class outputs (``seg_logits``) converted to
 probabilities with a softmax over classes when ``apply_softmax`` (logit-valued heads) and used as they
 are otherwise (heads whose outputs are already per-class scores, as MaskFormer-style inference).
+
+For heads with a class indicator (AlignZeg's Predictive Bias Correction) the hook also records, per
+proposal, the indicator's probability and whether the proposal lies on an unseen class: the head exposes
+``last_aux = dict(indicator_prob=B×Q, mask_logits=B×Q×h×w)`` after each prediction; a proposal's class is
+the majority ground-truth label under its mask (sigmoid > 0.5, at least ``min_proposal_pixels`` labelled
+pixels), and proposals on no labelled pixel are skipped. These go into the same file as
+``indicator_prob`` / ``indicator_is_unseen`` (the indicator ROC in ``analysis/plots.py``).
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ class UnseenScoreSamplerHook(Hook):
     priority = "LOW"
 
     def __init__(self, out_file: str, max_samples: int = 20000, per_image: int = 512, seed: int = 0,
-                 apply_softmax: bool = False, ignore_index: int = 255) -> None:
+                 apply_softmax: bool = False, ignore_index: int = 255, min_proposal_pixels: int = 4) -> None:
         if max_samples <= 0 or per_image <= 0:
             raise ValueError(f"max_samples and per_image must be > 0, got {max_samples}, {per_image}")
         self.out_file = out_file
@@ -37,6 +44,9 @@ class UnseenScoreSamplerHook(Hook):
         self._seen: list[np.ndarray] = []
         self._unseen: list[np.ndarray] = []
         self._seen_mask: torch.Tensor | None = None
+        self.min_proposal_pixels = min_proposal_pixels
+        self._ind_prob: list[np.ndarray] = []
+        self._ind_unseen: list[np.ndarray] = []
 
     def before_test(self, runner) -> None:
         meta = runner.test_dataloader.dataset.metainfo
@@ -46,9 +56,11 @@ class UnseenScoreSamplerHook(Hook):
             raise ValueError("UnseenScoreSamplerHook: the test dataset's metainfo names no 'unseen_classes'")
         self._seen_mask = torch.tensor([c not in unseen for c in classes])
         self._seen, self._unseen = [], []
+        self._ind_prob, self._ind_unseen = [], []
 
     def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         seen_mask = self._seen_mask
+        self._collect_indicator(runner, outputs or [])
         for sample in outputs or []:
             if "seg_logits" not in sample or "gt_sem_seg" not in sample:
                 continue
@@ -69,6 +81,19 @@ class UnseenScoreSamplerHook(Hook):
             self._seen.append(flat[seen_mask].max(dim=0).values.cpu().numpy())
             self._unseen.append(flat[~seen_mask].max(dim=0).values.cpu().numpy())
 
+    def _collect_indicator(self, runner, outputs) -> None:
+        from mmengine.model import is_model_wrapper
+
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        aux = getattr(getattr(model, "decode_head", None), "last_aux", None)
+        if not aux or "indicator_prob" not in aux or len(outputs) != aux["indicator_prob"].shape[0]:
+            return
+        probs, probs_unseen = proposal_indicator_labels(
+            aux["indicator_prob"], aux["mask_logits"], [s.gt_sem_seg.data.squeeze(0) for s in outputs],
+            ~self._seen_mask, self.ignore_index, self.min_proposal_pixels)
+        self._ind_prob.append(probs)
+        self._ind_unseen.append(probs_unseen)
+
     def after_test(self, runner) -> None:
         import io
 
@@ -78,7 +103,38 @@ class UnseenScoreSamplerHook(Hook):
             keep = np.sort(self.rng.choice(seen.size, size=self.max_samples, replace=False))
             seen, unseen = seen[keep], unseen[keep]
         buf = io.BytesIO()
-        np.savez(buf, top_seen=seen.astype(np.float32), top_unseen=unseen.astype(np.float32))
+        extra = {}
+        if self._ind_prob:
+            extra = dict(indicator_prob=np.concatenate(self._ind_prob).astype(np.float32),
+                         indicator_is_unseen=np.concatenate(self._ind_unseen))
+        np.savez(buf, top_seen=seen.astype(np.float32), top_unseen=unseen.astype(np.float32), **extra)
         atomic_write_bytes(self.out_file, buf.getvalue())
         runner.logger.info(f"UnseenScoreSamplerHook: {seen.size} unseen-class pixels sampled -> {self.out_file}; "
                            f"top seen > top unseen on {100.0 * float((seen > unseen).mean() if seen.size else 0):.1f}%")
+
+
+def proposal_indicator_labels(indicator_prob: torch.Tensor, mask_logits: torch.Tensor, gts: list,
+                              unseen_mask: torch.Tensor, ignore_index: int = 255,
+                              min_pixels: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Per proposal: (indicator probability, whether its majority ground-truth class is unseen).
+
+    ``indicator_prob`` B×Q, ``mask_logits`` B×Q×h×w (resized to each ground truth's size), ``gts`` B label
+    maps H×W in the full label space, ``unseen_mask`` C booleans. Proposals covering fewer than
+    ``min_pixels`` labelled pixels are dropped.
+    """
+    import torch.nn.functional as F
+
+    probs, labels = [], []
+    num_classes = unseen_mask.numel()
+    for b, gt in enumerate(gts):
+        gt = gt.long().cpu()
+        masks = F.interpolate(mask_logits[b:b + 1].float().cpu(), size=gt.shape[-2:], mode="bilinear",
+                              align_corners=False)[0].sigmoid() > 0.5
+        valid = gt != ignore_index
+        onehot = F.one_hot(gt.clamp(max=num_classes - 1) * valid, num_classes).bool() & valid[..., None]
+        counts = (masks.flatten(1).float() @ onehot.flatten(0, 1).float())  # Q x C labelled pixels per class
+        keep = counts.sum(1) >= min_pixels
+        major = counts.argmax(1)
+        probs.append(indicator_prob[b].float().cpu()[keep].numpy())
+        labels.append(unseen_mask.cpu()[major[keep]].numpy())
+    return np.concatenate(probs), np.concatenate(labels).astype(bool)
