@@ -20,7 +20,11 @@ Structure (one decoder layer = one deep-supervision output):
 - Proposal embedding ``z`` (unit vector in CLIP's joint space, dimension D): the CLIP dense embedding
   (``feats['dense_embed']``, MaskCLIP value path) average-pooled under the proposal's sigmoid mask
   (mask logits detached), normalised, plus a learned projection of the query (zero-initialised, so training starts from
-  CLIP's own region recognition), normalised again.
+  CLIP's own region recognition), normalised again. With ``pixel_pool=True`` the learned part also gets a
+  projection of the pixel (mask) features average-pooled under the proposal's sigmoid mask (detached), so a
+  proposal's class sees what lies inside its mask (mask pooling of decoder features as in ODISE, Xu et al.
+  CVPR 2023, arXiv 2303.04803); without masked attention, global cross-attention to the patch grid hardly
+  sees small objects.
 - Class logits: ``s · cos(z, t_c)`` for the C text embeddings, and a last "no object / background"
   column ``background_logit(z, prototypes, s)``; ``s`` is a learnable logit scale (temperature⁻¹).
   One background prototype = the parent; ``bds=True`` uses K > 1 prototypes (Background Diversity
@@ -309,6 +313,8 @@ class SideAdapterParent(nn.Module):
         clip_layer_ids: which entries of ``feats['layers']`` are fused (default: the last
             ``len(fusion_index)``).
         clip_pool: add the CLIP dense embedding pooled under each mask to the proposal embedding.
+        pixel_pool: add a learned projection (``region_proj``) of the pixel features pooled under each
+            sigmoid mask (detached) to the learned part of the proposal embedding (see the module docstring).
         logit_scale_init, learnable_logit_scale, max_logit_scale: the class-logit scale ``s``
             (init 1/0.07 as CLIP's).
         loss: weights and sampling of the losses; keys of :data:`DEFAULT_LOSS`.
@@ -321,7 +327,8 @@ class SideAdapterParent(nn.Module):
                  ffn_ratio: float = 4.0, side_cfg: Mapping | None = None,
                  clip_layer_ids: Sequence[int] | None = None, clip_pool: bool = True,
                  logit_scale_init: float = 1 / 0.07, learnable_logit_scale: bool = True,
-                 max_logit_scale: float = 100.0, loss: Mapping | None = None, *, mrpe: bool = False,
+                 max_logit_scale: float = 100.0, loss: Mapping | None = None, pixel_pool: bool = False, *,
+                 mrpe: bool = False,
                  num_bg_prototypes: int = 1, bg_reduce: str = "max") -> None:
         super().__init__()
         side_cfg = dict(side_cfg or {})
@@ -339,6 +346,7 @@ class SideAdapterParent(nn.Module):
         self.embed_dim = embed_dim
         self.num_queries = num_queries
         self.clip_pool = clip_pool
+        self.pixel_pool = bool(pixel_pool)
         self.mrpe = mrpe
         self.bg_reduce = bg_reduce
         self.loss_cfg = loss
@@ -359,6 +367,8 @@ class SideAdapterParent(nn.Module):
         self.mask_conv = nn.Conv2d(embed_dims, embed_dims, 3, padding=1)
         self.mask_embed = _MLP(embed_dims, embed_dims, embed_dims, 3)
         self.embed_proj = nn.Linear(embed_dims, embed_dim)
+        if self.pixel_pool:
+            self.region_proj = nn.Linear(embed_dims, embed_dim)
         if clip_pool:  # start from CLIP's own region recognition
             nn.init.zeros_(self.embed_proj.weight)
             nn.init.zeros_(self.embed_proj.bias)
@@ -395,9 +405,17 @@ class SideAdapterParent(nn.Module):
         g = F.interpolate(g, size=hires.shape[-2:], mode="bilinear", align_corners=False)
         return self.mask_conv(F.gelu(self.pixel_proj(hires) + g))
 
-    def proposal_embeddings(self, q: Tensor, masks: Tensor, dense: Tensor | None) -> Tensor:
-        """Unit proposal embeddings B×N×D from decoder queries and (optionally) mask-pooled CLIP embeddings."""
+    def proposal_embeddings(self, q: Tensor, masks: Tensor, dense: Tensor | None,
+                            pixel: Tensor | None = None) -> Tensor:
+        """Unit proposal embeddings B×N×D from decoder queries and (optionally) mask-pooled CLIP embeddings
+        and mask-pooled pixel features (``pixel`` B×E×h×w at the masks' resolution)."""
         z = self.embed_proj(q)
+        if self.pixel_pool:
+            if pixel is None:
+                raise ValueError("pixel_pool=True needs the pixel features")
+            w = masks.detach().sigmoid()  # B×N×h×w
+            pooled = torch.einsum("bnhw,behw->bne", w, pixel) / w.sum((-2, -1))[..., None].clamp_min(1e-6)
+            z = z + self.region_proj(pooled)
         if self.clip_pool:
             w = F.adaptive_avg_pool2d(masks.detach(), dense.shape[-2:]).sigmoid()  # B×N×h×w
             pooled = torch.einsum("bnhw,bdhw->bnd", w, dense) / w.sum((-2, -1))[..., None].clamp_min(1e-6)
@@ -443,7 +461,7 @@ class SideAdapterParent(nn.Module):
                 pixel = self.mask_features(hires, mem, grid)
             qn = self.decoder_norm(q)
             masks = torch.einsum("bne,behw->bnhw", self.mask_embed(qn), pixel)
-            z = self.proposal_embeddings(qn, masks, dense)
+            z = self.proposal_embeddings(qn, masks, dense, pixel)
             outs.append(dict(pred_logits=self.class_logits(z, text_embeds), pred_masks=masks, embeds=z))
         out = dict(outs[-1])
         out["aux_outputs"] = outs[:-1]

@@ -291,6 +291,32 @@ def test_training_steps_lower_the_loss():
 
 
 # ------------------------------------------------------------------------------------------------ pieces
+def test_pixel_pool_adds_projection_of_mask_weighted_mean():
+    """pixel_pool: z = normalise(normalise(CLIP pooled) + embed_proj(q) + region_proj(Σ σ(m)·F / Σ σ(m)))."""
+    torch.manual_seed(0)
+    model = SideAdapterParent(**tiny_kwargs(pixel_pool=True))
+    nn_init = torch.nn.init
+    for lin in (model.embed_proj, model.region_proj):
+        nn_init.normal_(lin.weight, std=0.3)
+        nn_init.normal_(lin.bias, std=0.3)
+    q = torch.randn(1, 2, 32)
+    masks = torch.full((1, 2, 2, 2), -30.0)
+    masks[0, 0, 0, 0] = 30.0  # query 0: only the top-left pixel (sigmoid ~ 1, elsewhere ~ 0)
+    masks[0, 1] = 0.0  # query 1: uniform weights 1/2 -> plain mean
+    pixel = torch.randn(1, 32, 2, 2)
+    dense = torch.randn(1, D, 1, 1)
+    z = model.proposal_embeddings(q, masks, dense, pixel)
+    pooled = torch.stack([pixel[0, :, 0, 0], pixel[0].mean((1, 2))])  # 2×E, hand-computed
+    clip = F.normalize(dense[0, :, 0, 0], dim=0)  # one patch: pooling returns it whatever the weights
+    with torch.no_grad():
+        expected = F.normalize(clip + model.embed_proj(q[0]) + model.region_proj(pooled), dim=-1)
+    torch.testing.assert_close(z[0].detach(), expected, rtol=1e-5, atol=1e-5)
+    # off by default: no region_proj parameters, and the embedding ignores the pixel features
+    assert not hasattr(SideAdapterParent(**tiny_kwargs()), "region_proj")
+    with pytest.raises(ValueError, match="pixel_pool"):
+        model.proposal_embeddings(q, masks, dense, None)
+
+
 def test_semantic_inference_hand_computed():
     logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 1.0]]])  # B=1, Q=2, C=2 + background
     masks = torch.tensor([[[[0.0]], [[2.0]]]])  # 1×1 image
