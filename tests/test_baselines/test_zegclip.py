@@ -202,3 +202,28 @@ def test_zegclip_loss_decreases_on_fixed_batch(tiny_clip, images):
         opt.step()
         history.append(loss.item())
     assert history[-1] < 0.8 * history[0], history
+
+
+def test_calibration_larger_than_score_spread_sends_every_pixel_to_unseen():
+    # Undertrained maps (the tiny config with ZegCLIP's 2e-5 lr at 250 iterations): sigmoid scores of
+    # 0.22 +- 0.02. The seen class wins its own pixel by 0.03 uncalibrated; 0.1 hands it to the unseen class.
+    seen_mask = torch.tensor([True, False])
+    scores = torch.tensor([[0.25, 0.21], [0.22, 0.22]]).view(1, 2, 1, 2)  # seen wins pixel 0, tie at pixel 1
+    assert calibrate_seen_scores(scores, seen_mask, 0.0).argmax(1).flatten().tolist() == [0, 0]
+    calibrated = calibrate_seen_scores(scores, seen_mask, 0.1)
+    assert torch.allclose(calibrated[0, 0].flatten(), torch.tensor([0.15, 0.12]))
+    assert calibrated.argmax(1).flatten().tolist() == [1, 1]
+
+
+def test_tiny_config_optimiser_and_calibration_as_measured():
+    from mmengine.config import Config
+
+    cfg = Config.fromfile("experiments/configs/zegclip/zegclip_tiny-vit_1xb16-2k_synthetic-default-64x64.py")
+    head = cfg.model.decode_head
+    assert head.seen_calibration == pytest.approx(0.1)
+    assert head.decoder.use_proj is True
+    assert cfg.optim_wrapper.optimizer.lr == pytest.approx(5e-4)
+    assert cfg.optim_wrapper.clip_grad is None
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys.decode_head.lr_mult == pytest.approx(10.0)
+    paper = Config.fromfile("experiments/configs/zegclip/zegclip_vit-b16_4xb4-20k_voc12aug-15s5u-512x512.py")
+    assert paper.model.decode_head.seen_calibration == pytest.approx(0.1)
