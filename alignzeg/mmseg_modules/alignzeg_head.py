@@ -66,6 +66,12 @@ class AlignZegHead(BaseModule):
         targets = [self._targets(ds, text_embeds.shape[0]) for ds in batch_data_samples]
         return self.model.loss(inputs, text_embeds, targets)
 
+    @property
+    def last_aux(self) -> dict:
+        """Per-proposal outputs of the latest ``predict`` (class-indicator probabilities and mask logits when
+        PBC is on), read by ``UnseenScoreSamplerHook``; with sliding windows, the last window's."""
+        return getattr(self.model, "last_aux", {})
+
     def predict(self, inputs: dict, text_embeds: Tensor, batch_img_metas: List[dict],
                 test_cfg: Optional[dict] = None) -> Tensor:
         seen_mask = (self.vocab_info or {}).get("seen_mask")

@@ -499,6 +499,8 @@ class SideAdapterParent(nn.Module):
         """B×C×H×W semantic scores at ``size`` (default: the input image size)."""
         out = self.forward(feats, text_embeds)
         logits = self.correct_logits(out, seen_mask)
+        # Per-proposal outputs of the latest prediction, for analysis (the indicator ROC); not used for scores.
+        self.last_aux = self.inference_aux(out)
         size = tuple(size) if size is not None else tuple(feats["images"].shape[-2:])
         masks = F.interpolate(out["pred_masks"], size=size, mode="bilinear", align_corners=False)
         return semantic_inference(logits, masks)
@@ -506,6 +508,10 @@ class SideAdapterParent(nn.Module):
     def correct_logits(self, out: dict, seen_mask: Tensor | None) -> Tensor:
         """Hook for inference-time calibration of class logits; the parent returns them unchanged."""
         return out["pred_logits"]
+
+    def inference_aux(self, out: dict) -> dict:
+        """Detached per-proposal outputs kept after ``predict``; the parent keeps none."""
+        return {}
 
 
 class AlignZeg(SideAdapterParent):
@@ -560,6 +566,12 @@ class AlignZeg(SideAdapterParent):
         if unknown:
             raise ValueError(f"{name}: unknown keys {sorted(unknown)} (known: {sorted(defaults)})")
         return {**defaults, **given}
+
+    def inference_aux(self, out: dict) -> dict:
+        if not self.pbc:
+            return {}
+        return dict(indicator_prob=self.indicator_prob(out["embeds"]).detach(),
+                    mask_logits=out["pred_masks"].detach())
 
     def indicator_prob(self, z: Tensor) -> Tensor:
         """Class-indicator probability (…) that a proposal with unit embedding ``z`` (…×D) is unseen."""

@@ -409,3 +409,26 @@ def test_paper_scale_head_structure_with_tiny_clip():
         seg = model.predict(feats, F.normalize(torch.randn(6, TINY_CLIP_CONFIG["embed_dim"]), dim=-1),
                             seen_mask=torch.tensor([True] * 4 + [False] * 2))
     assert seg.shape == (1, 6, 64, 64) and torch.isfinite(seg).all()
+
+
+def test_predict_keeps_indicator_outputs_only_with_pbc():
+    """After predict, PBC exposes the indicator probability of every proposal (used by the indicator ROC)."""
+    from alignzeg.models.alignzeg_head import AlignZeg
+
+    torch.manual_seed(0)
+    kw = dict(clip_channels=32, embed_dim=16, patch_size=8, num_queries=4, embed_dims=32, num_decoder_layers=1,
+              num_heads=2, side_cfg=dict(num_layers=2, num_heads=2, fusion_index=(0, 1)))
+    feats = dict(images=torch.randn(1, 3, 32, 32), layers=[torch.randn(1, 32, 4, 4) for _ in range(2)],
+                 cls_layers=[torch.randn(1, 32) for _ in range(2)], image_embed=torch.randn(1, 16),
+                 dense_embed=torch.randn(1, 16, 4, 4), grid=(4, 4))
+    text = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    on = AlignZeg(**kw, mrpe=False, fes=False, bds=False, pbc=True).eval()
+    with torch.no_grad():
+        on.predict(feats, text, torch.tensor([True, True, False]))
+        out = on.forward(feats, text)
+    torch.testing.assert_close(on.last_aux["indicator_prob"], on.indicator_prob(out["embeds"]))
+    assert on.last_aux["mask_logits"].shape[:2] == (1, 4)
+    off = AlignZeg(**kw, mrpe=False, fes=False, bds=False, pbc=False).eval()
+    with torch.no_grad():
+        off.predict(feats, text, torch.tensor([True, True, False]))
+    assert off.last_aux == {}
