@@ -23,7 +23,7 @@ from typing import List, Sequence
 import torch
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
-from torch import Tensor
+from torch import Tensor, nn
 
 from alignzeg.mmseg_modules.backbone import CLIPBackbone
 from baselines.two_stage import TwoStageHeadModule
@@ -99,8 +99,35 @@ class ZegCLIPPromptedBackbone(CLIPBackbone):
         return self.features(images)
 
 
+class _HeadAdapter(BaseModule):
+    """Shared wiring of the baseline heads: the pure-torch module in ``self.head`` does the maths; this
+    adapter turns data samples into label maps and passes the seen mask set by the segmentor."""
+
+    def _setup(self, head: nn.Module, ignore_index: int, align_corners: bool) -> None:
+        self.head = head
+        self.align_corners = align_corners
+        self.ignore_index = ignore_index
+        self.vocab_info: dict | None = None
+
+    def init_weights(self) -> None:
+        """Weights are initialised at construction (as the original implementations do)."""
+
+    def forward(self, inputs: dict, text_embeds: Tensor) -> dict:
+        return self.head(inputs, text_embeds)
+
+    def loss(self, inputs: dict, text_embeds: Tensor, batch_data_samples: Sequence, train_cfg=None) -> dict:
+        return self.head.loss(inputs, text_embeds, _stack_labels(batch_data_samples))
+
+    def _predict_extra(self, inputs: dict) -> dict:
+        return {}
+
+    def predict(self, inputs: dict, text_embeds: Tensor, batch_img_metas: List[dict], test_cfg=None) -> Tensor:
+        size = inputs["images"].shape[-2:]
+        return self.head.predict(inputs, text_embeds, size, seen_mask=_seen_mask(self), **self._predict_extra(inputs))
+
+
 @MODELS.register_module()
-class ZegCLIPHead(BaseModule):
+class ZegCLIPHead(_HeadAdapter):
     """ZegCLIP decode head (see :class:`baselines.zegclip.ZegCLIPHeadModule` for the arguments).
 
     ``predict`` returns ``sigmoid`` class scores at the input size with ``seen_calibration`` subtracted from
@@ -113,30 +140,15 @@ class ZegCLIPHead(BaseModule):
                  ignore_as_negative: bool = True, seen_calibration: float = 0.1, ignore_index: int = 255,
                  align_corners: bool = False, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
-        self.head = ZegCLIPHeadModule(
+        self._setup(ZegCLIPHeadModule(
             decoder=decoder, loss_focal_weight=loss_focal_weight, loss_dice_weight=loss_dice_weight,
             focal_alpha=focal_alpha, focal_gamma=focal_gamma, aux_loss=aux_loss,
-            ignore_as_negative=ignore_as_negative, seen_calibration=seen_calibration, ignore_index=ignore_index)
-        self.align_corners = align_corners
-        self.ignore_index = ignore_index
-        self.vocab_info: dict | None = None
-
-    def init_weights(self) -> None:
-        """Decoder weights are initialised at construction (truncated normal, as ZegCLIP)."""
-
-    def forward(self, inputs: dict, text_embeds: Tensor) -> dict:
-        return self.head(inputs, text_embeds)
-
-    def loss(self, inputs: dict, text_embeds: Tensor, batch_data_samples: Sequence, train_cfg=None) -> dict:
-        return self.head.loss(inputs, text_embeds, _stack_labels(batch_data_samples))
-
-    def predict(self, inputs: dict, text_embeds: Tensor, batch_img_metas: List[dict], test_cfg=None) -> Tensor:
-        size = inputs["images"].shape[-2:]
-        return self.head.predict(inputs, text_embeds, size, seen_mask=_seen_mask(self))
+            ignore_as_negative=ignore_as_negative, seen_calibration=seen_calibration, ignore_index=ignore_index),
+            ignore_index, align_corners)
 
 
 @MODELS.register_module()
-class TwoStageHead(BaseModule):
+class TwoStageHead(_HeadAdapter):
     """Two-stage decoupled head (see :class:`baselines.two_stage.TwoStageHeadModule` for the arguments).
 
     ``loss`` trains the proposal network on the active (seen) vocabulary; ``predict`` classifies each proposal
@@ -149,24 +161,11 @@ class TwoStageHead(BaseModule):
                  region_mode: str = "crop", expand_ratio: float = 1.0, clip_temperature: float | None = None,
                  ignore_index: int = 255, align_corners: bool = False, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
-        self.head = TwoStageHeadModule(
+        self._setup(TwoStageHeadModule(
             proposal=proposal, matcher=matcher, loss=loss, clip_ensemble=clip_ensemble,
             clip_ensemble_weight=clip_ensemble_weight, mask_thr=mask_thr, region_mode=region_mode,
-            expand_ratio=expand_ratio, clip_temperature=clip_temperature, ignore_index=ignore_index)
-        self.align_corners = align_corners
-        self.ignore_index = ignore_index
-        self.vocab_info: dict | None = None
+            expand_ratio=expand_ratio, clip_temperature=clip_temperature, ignore_index=ignore_index),
+            ignore_index, align_corners)
 
-    def init_weights(self) -> None:
-        """Weights are initialised at construction."""
-
-    def forward(self, inputs: dict, text_embeds: Tensor) -> dict:
-        return self.head(inputs, text_embeds)
-
-    def loss(self, inputs: dict, text_embeds: Tensor, batch_data_samples: Sequence, train_cfg=None) -> dict:
-        return self.head.loss(inputs, text_embeds, _stack_labels(batch_data_samples))
-
-    def predict(self, inputs: dict, text_embeds: Tensor, batch_img_metas: List[dict], test_cfg=None) -> Tensor:
-        size = inputs["images"].shape[-2:]
-        return self.head.predict(inputs, text_embeds, size, seen_mask=_seen_mask(self),
-                                 clip_model=inputs.get("clip_model"))
+    def _predict_extra(self, inputs: dict) -> dict:
+        return dict(clip_model=inputs.get("clip_model"))
