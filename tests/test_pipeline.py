@@ -197,3 +197,26 @@ def test_report_and_metrics_commands(pipeline_repo):
     exp = _run([dvc, "exp", "show", "--json"], root, env)
     assert "hIoU" in exp
     assert math.isfinite(float(data and 1))
+
+
+def test_paper_profile_builds_every_run_config(tmp_path):
+    """experiments/profiles/voc12aug-vit-b16.yaml: every method and ablation variant resolves to a config."""
+    from experiments import pipeline as P
+
+    params = P.load_params(REPO / "experiments" / "profiles" / "voc12aug-vit-b16.yaml")
+    default = P.load_params(REPO / "params.yaml")
+    assert set(params) == set(default)
+    assert params["base"]["data_root"] != params["prepare"]["out"]          # never overwritten by `prepare`
+    assert params["base"]["clip_checkpoint"] != params["pretrain_clip"]["out"]
+    work = tmp_path / "run"
+    for method in params["train"]["methods"] + params["evaluate"]["training_free"]:
+        cfg = P.method_config(params, method, 0, work)
+        assert cfg.model.backbone.clip.pretrained == "data/clip/ViT-B-16.safetensors"
+        assert cfg.train_dataloader.dataset.data_root == "data/voc12aug"
+        assert cfg.train_cfg.max_iters == 20000
+    parent = P.method_config(params, "san-parent", 0, work)
+    assert [parent.model.decode_head[c] for c in P.COMPONENTS] == [False] * 4
+    for variant in params["ablate"]["variants"]:
+        comps = P.variant_components(variant)
+        cfg = P.method_config(params, params["ablate"]["method"], 0, work, comps)
+        assert {c: cfg.model.decode_head[c] for c in P.COMPONENTS} == comps
