@@ -22,6 +22,11 @@ whose class list differs from the dataset's ``METAINFO`` is an error rather than
 
 ``metainfo`` always carries ``classes``, ``palette``, ``seen_classes``, ``unseen_classes``,
 ``split_name`` and ``mode``, plus ``all_classes`` (the full label space in label order).
+
+Bad files are named when they are loaded, not discovered as a crash deep in a loss: the loading
+transforms of the pipeline are wrapped so that an undecodable image or label file raises
+:class:`BadSampleError` naming it, and each sample is checked right after loading (label map 2-D and
+of its image's size, values ``0..C-1`` or 255); ``check_samples=False`` turns this off.
 """
 from __future__ import annotations
 
@@ -39,12 +44,126 @@ MODES = ("seen", "all", "transductive")
 IMG_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
+class BadSampleError(ValueError):
+    """An image or label file that cannot be used as it is; the message names the file."""
+
+
+class _NamedLoad:
+    """A loading transform whose failures name the file it was loading (``results[key]``)."""
+
+    def __init__(self, transform, key: str, what: str, owner: str) -> None:
+        self.transform, self.key, self.what, self.owner = transform, key, what, owner
+
+    def __call__(self, results: dict):
+        try:
+            return self.transform(results)
+        except BadSampleError:
+            raise
+        except Exception as err:  # cv2/PIL decoding failures come as several types
+            text = str(err)
+            undecodable = ((isinstance(err, AssertionError) and "failed to load image" in text)   # cv2 gave None
+                           or (isinstance(err, AttributeError) and "NoneType" in text)
+                           or "cannot identify image file" in text)                            # PIL
+            detail = "not a decodable image (corrupt, truncated or not an image)" if undecodable \
+                else f"{type(err).__name__}: {text}"
+            raise BadSampleError(f"{self.owner}: cannot load {self.what} {results.get(self.key)}: {detail}") from err
+
+    def __repr__(self) -> str:
+        return repr(self.transform)
+
+
+class _CheckSample:
+    """After loading: the label map is 2-D, has its image's size, and holds only ``0..n-1`` or ``ignore``.
+
+    ``n`` is the number of classes of the dataset's view. In ``"seen"`` mode every raw id of the
+    split is mapped to a seen position or ``ignore``, so a value ``>= n`` left after the label map is
+    a raw value outside the split's label space; in the other modes the view has all classes.
+    Costs one ``bincount`` of the ``uint8`` label map per sample.
+    """
+
+    def __init__(self, num_classes: int, num_full: int, ignore_index: int, owner: str) -> None:
+        self.num_classes, self.num_full, self.ignore_index, self.owner = num_classes, num_full, ignore_index, owner
+
+    def _fail(self, msg: str):
+        raise BadSampleError(f"{self.owner}: {msg}")
+
+    def __call__(self, results: dict) -> dict:
+        import numpy as np
+
+        seg = results.get("gt_seg_map")
+        if seg is None:
+            return results
+        label, image = results.get("seg_map_path"), results.get("img_path")
+        hw = results.get("ori_shape")
+        if seg.ndim == 3:
+            self._fail(f"label file {label} has {seg.shape[2]} channels; expected a single-channel PNG of "
+                       f"class ids (not a colour image)")
+        if hw is not None:
+            hw = tuple(int(v) for v in hw[:2])
+            if seg.ndim < 2 and seg.size == hw[0] * hw[1]:   # LoadAnnotations squeezes 1-pixel-wide maps
+                seg = results["gt_seg_map"] = seg.reshape(hw)
+            if tuple(seg.shape) != hw:
+                self._fail(f"label file {label} is {seg.shape[-1]}x{seg.shape[0]} (WxH) but its image {image} is "
+                           f"{hw[1]}x{hw[0]}")
+        counts = np.bincount(np.asarray(seg, dtype=np.uint8).ravel(), minlength=256)
+        values = np.flatnonzero(counts)
+        bad = [int(v) for v in values if v >= self.num_classes and v != self.ignore_index]
+        if bad:
+            self._fail(f"label file {label} holds values {bad[:10]} outside the label range 0..{self.num_full - 1} "
+                       f"({self.num_full} classes) and {self.ignore_index} (ignore)")
+        return results
+
+
+def _guard_pipeline(dataset: "ZeroShotSegDataset") -> None:
+    """Make loading failures name their file and check every loaded sample (:class:`_CheckSample`).
+
+    Wraps mmcv's ``LoadImageFromFile`` and ``LoadAnnotations`` (mmseg's is a subclass) in
+    ``dataset.pipeline`` and inserts the check after the last of them, before any resize or crop.
+    """
+    from mmcv.transforms import LoadAnnotations, LoadImageFromFile
+
+    transforms = getattr(dataset.pipeline, "transforms", None)
+    if not transforms or any(isinstance(t, (_NamedLoad, _CheckSample)) for t in transforms):
+        return
+    owner = type(dataset).__name__
+    loads = []
+    for i, t in enumerate(transforms):
+        if isinstance(t, LoadAnnotations):
+            transforms[i] = _NamedLoad(t, "seg_map_path", "label file", owner)
+            loads.append(i)
+        elif isinstance(t, LoadImageFromFile):
+            transforms[i] = _NamedLoad(t, "img_path", "image", owner)
+            loads.append(i)
+    if any(transforms[i].key == "seg_map_path" for i in loads):
+        transforms.insert(max(loads) + 1, _CheckSample(len(dataset.metainfo["classes"]), len(dataset.split.classes),
+                                                       dataset.ignore_index, owner))
+
+
 def _generated_palette(n: int) -> list[list[int]]:
     """A fixed palette for ``n`` classes (independent of the global numpy random state)."""
     import numpy as np
 
     rng = np.random.default_rng(42)
     return rng.integers(0, 255, size=(n, 3)).tolist()
+
+
+def _class_list_difference(a: Sequence[str], b: Sequence[str], name_a: str, name_b: str) -> str:
+    """Name the classes only one of two lists has, or else the first position where their order differs."""
+    only_a = [c for c in a if c not in set(b)]
+    only_b = [c for c in b if c not in set(a)]
+    parts = []
+    if only_a:
+        parts.append(f"not in the {name_b}: {only_a[:5]}" + (f" (+{len(only_a) - 5} more)" if len(only_a) > 5 else ""))
+    if only_b:
+        parts.append(f"missing from the {name_a}: {only_b[:5]}" + (f" (+{len(only_b) - 5} more)" if len(only_b) > 5 else ""))
+    if not parts:
+        i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        if i is None:
+            parts.append(f"{len(a)} names in the {name_a}, {len(b)} in the {name_b}")
+        else:
+            parts.append(f"same names in another order, first at index {i}: {a[i]!r} ({name_a}) vs "
+                         f"{b[i]!r} ({name_b})")
+    return "; ".join(parts)
 
 
 def _full_metainfo(split_name: str, palette: Sequence) -> dict:
@@ -66,6 +185,9 @@ class ZeroShotSegDataset(BaseSegDataset):
         img_suffix: one suffix or a tuple of accepted image suffixes (default ``.jpg .jpeg .png``).
         metainfo: extra meta keys; ``classes`` may be given only if equal to the split's full class
             list, ``palette`` must then have one colour per class of the full list.
+        check_samples: make image / label decoding failures name the file and check each loaded
+            sample (label map 2-D, same size as its image, values ``0..C-1`` or ``ignore_index``),
+            raising :class:`BadSampleError`; costs one ``bincount`` per sample.
         **kwargs: the remaining ``BaseSegDataset`` arguments.
     """
 
@@ -75,7 +197,8 @@ class ZeroShotSegDataset(BaseSegDataset):
     def __init__(self, split: str | os.PathLike | Split | dict | None = None, mode: str = "all", *,
                  data_root: str | None = None, data_prefix: dict | None = None,
                  img_suffix: str | Sequence[str] = IMG_SUFFIXES, seg_map_suffix: str = ".png",
-                 metainfo: dict | None = None, test_mode: bool = False, **kwargs) -> None:
+                 metainfo: dict | None = None, test_mode: bool = False, check_samples: bool = True,
+                 **kwargs) -> None:
         name = type(self).__name__
         if mode not in MODES:
             raise ValueError(f"{name}: unknown mode {mode!r} (choose from {', '.join(MODES)})")
@@ -91,6 +214,8 @@ class ZeroShotSegDataset(BaseSegDataset):
                          test_mode=test_mode, **kwargs)
         # String values are set here: mmengine's _load_metainfo would try to read a file of that name.
         self._metainfo.update(split_name=self.split.name, mode=self.mode)
+        if check_samples:
+            _guard_pipeline(self)
 
     # -- split and meta information -------------------------------------------------------------
     def _resolve_split(self, split, data_root) -> Split:
@@ -120,9 +245,9 @@ class ZeroShotSegDataset(BaseSegDataset):
                 raise type(err)(f"{name}: bad split {str(split)!r}: {err}") from err
         expected = self.METAINFO.get("classes")
         if expected is not None and tuple(expected) != tuple(resolved.classes):
-            diff = [f"{i}: {a!r} != {b!r}" for i, (a, b) in enumerate(zip(expected, resolved.classes)) if a != b]
             raise ValueError(f"{name}: split {resolved.name!r} has a class list that differs from the dataset's "
-                             f"({len(resolved.classes)} vs {len(expected)} classes; {diff[:3]})")
+                             f"({len(resolved.classes)} vs {len(expected)} classes; "
+                             f"{_class_list_difference(resolved.classes, expected, 'split', 'dataset')})")
         return resolved
 
     def _zero_shot_metainfo(self, metainfo: dict | None) -> dict:
@@ -263,6 +388,9 @@ class FolderZSDataset(ZeroShotSegDataset):
         names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         if not names:
             raise ValueError(f"FolderZSDataset: classes_file {path} holds no class names")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"FolderZSDataset: classes_file {path}: duplicate class names {repeated}")
         if split is None:
             try:
                 split = Split(name=path.stem, classes=tuple(names), unseen=tuple(unseen), dataset="folder",
@@ -272,5 +400,6 @@ class FolderZSDataset(ZeroShotSegDataset):
         else:
             split = self._resolve_split(split, data_root)
             if list(split.classes) != names:
-                raise ValueError(f"FolderZSDataset: split {split.name!r} classes differ from classes_file {path}")
+                raise ValueError(f"FolderZSDataset: split {split.name!r} classes differ from classes_file {path} "
+                                 f"({_class_list_difference(split.classes, names, 'split', 'classes_file')})")
         super().__init__(split=split, mode=mode, data_root=data_root, **kwargs)

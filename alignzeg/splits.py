@@ -34,7 +34,8 @@ class Split:
         if missing:
             raise ValueError(f"{where}: unseen classes {missing} are not in its 'classes'")
         if len(set(self.unseen)) != len(self.unseen):
-            raise ValueError(f"{where}: duplicate names in 'unseen'")
+            dup = sorted({c for c in self.unseen if self.unseen.count(c) > 1})
+            raise ValueError(f"{where}: duplicate names in 'unseen': {dup}")
         unseen = set(self.unseen)
         object.__setattr__(self, "seen", tuple(c for c in self.classes if c not in unseen))
 
@@ -93,4 +94,11 @@ def load_split(name_or_path: str | Path) -> Split:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
-    return Split.from_dict(data, origin=str(path))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a split file holds a JSON object, found {type(data).__name__}")
+    try:
+        return Split.from_dict(data, origin=str(path))
+    except ValueError as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"{path}: {err}") from err   # name the file, not only the split

@@ -7,6 +7,17 @@ Input layout (written by the DVC evaluation stages)::
     RESULTS/ablation/<variant>/components.json               {"mrpe": bool, "fes": bool, "bds": bool, "pbc": bool}
     RESULTS/ablation/<variant>/seed<k>/zeroshot_metrics.json
 
+Which runs are read: with ``--params`` exactly the runs that params.yaml declares (:func:`declared_runs`)::
+
+    evaluate.methods x base.seeds                      RESULTS/<method>/seed<k>/
+    evaluate.training_free, seed 0 only                RESULTS/<method>/seed0/
+    (ablate.variants + keys of ablate.from_main) x base.seeds   RESULTS/ablation/<variant>/seed<k>/
+
+A declared run without its metric JSON, or a folder under RESULTS that no declared run explains (an old
+method, a seed no longer in base.seeds, a dropped variant), stops the analysis with one message that lists
+every such path; folders whose name starts with "." are ignored. Without ``--params`` (library use) every
+``seed<k>`` folder found under RESULTS is read (:func:`discover_runs`).
+
 Outputs (written atomically into ``--out``)::
 
     runs_long.csv        one row per (group, method, seed, metric): the tidy table every other table comes from
@@ -155,20 +166,23 @@ def variant_components(variant_dir: Path) -> dict[str, bool] | None:
     return first
 
 
+def _load_run(seed_dir: Path, group: str, method: str, seed: int, components=None) -> Run:
+    metrics_path = seed_dir / METRICS_FILE
+    scores = seed_dir / SCORES_FILE
+    return Run(group=group, method=method, seed=seed, path=metrics_path, metrics=load_metrics(metrics_path),
+               scores_path=scores if scores.is_file() else None, components=components)
+
+
 def _seed_runs(method_dir: Path, group: str, method: str, components=None) -> list[Run]:
     runs = []
     for sub in sorted(method_dir.iterdir()):
         m = SEED_DIR.match(sub.name)
         if not sub.is_dir() or not m:
             continue
-        metrics_path = sub / METRICS_FILE
-        if not metrics_path.is_file():
+        if not (sub / METRICS_FILE).is_file():
             log.warning("%s: no %s, run skipped", sub, METRICS_FILE)
             continue
-        scores = sub / SCORES_FILE
-        runs.append(Run(group=group, method=method, seed=int(m.group(1)), path=metrics_path,
-                        metrics=load_metrics(metrics_path),
-                        scores_path=scores if scores.is_file() else None, components=components))
+        runs.append(_load_run(sub, group, method, int(m.group(1)), components))
     return sorted(runs, key=lambda r: r.seed)
 
 
@@ -194,6 +208,116 @@ def discover_runs(results: str | Path) -> list[Run]:
     if not runs:
         raise FileNotFoundError(f"--results {results}: no <method>/seed<k>/{METRICS_FILE} found")
     return runs
+
+
+# --------------------------------------------------------------------------------------------- declared runs
+class RunSetError(ValueError):
+    """The params do not declare a run set, or the results folder does not hold exactly that set."""
+
+
+def _str_list(value: Any, where: str, source: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise RunSetError(f"{source}: {where} must be a list of names, got {value!r}")
+    return list(value)
+
+
+def declared_runs(params: dict[str, Any], source: str = "params") -> list[tuple[str, str, int]]:
+    """The (group, method, seed) runs a params mapping declares, in declaration order, without repeats.
+
+    Main runs (group "main"): ``evaluate.methods`` x ``base.seeds`` and ``evaluate.training_free`` with
+    seed 0 only (training-free methods are evaluated once). Ablation runs (group "ablation"):
+    ``ablate.variants`` and the keys of ``ablate.from_main`` (rows copied from the main study), each x
+    ``base.seeds``. ``base.seeds`` and ``evaluate.methods`` are required; ``evaluate.training_free`` and
+    the ``ablate`` section may be absent (none). Errors name ``source`` and the field.
+    """
+    if not isinstance(params, dict):
+        raise RunSetError(f"{source}: expected a mapping of sections, got {type(params).__name__}")
+    sections = {}
+    for name in ("base", "evaluate", "ablate"):
+        sec = params.get(name)
+        if sec is not None and not isinstance(sec, dict):
+            raise RunSetError(f"{source}: section '{name}' must be a mapping, got {sec!r}")
+        sections[name] = sec or {}
+    base, ev, ab = sections["base"], sections["evaluate"], sections["ablate"]
+    for where, sec, key in (("base.seeds", base, "seeds"), ("evaluate.methods", ev, "methods")):
+        if key not in sec:
+            raise RunSetError(f"{source}: missing field {where} (the analysis reads the runs it declares)")
+    seeds = base["seeds"]
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise RunSetError(f"{source}: base.seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+    methods = _str_list(ev["methods"], "evaluate.methods", source)
+    training_free = _str_list(ev.get("training_free") or [], "evaluate.training_free", source)
+    variants = _str_list(ab.get("variants") or [], "ablate.variants", source)
+    from_main = ab.get("from_main") or {}
+    if not isinstance(from_main, dict):
+        raise RunSetError(f"{source}: ablate.from_main must be a mapping variant -> main method, got {from_main!r}")
+    variants += [str(v) for v in from_main]
+    for where, names in (("evaluate.methods", methods), ("evaluate.training_free", training_free)):
+        if ABLATION_DIR in names:
+            raise RunSetError(f"{source}: {where} names '{ABLATION_DIR}', the folder reserved for ablation runs")
+    runs = [("main", m, s) for m in methods for s in seeds]
+    runs += [("main", m, 0) for m in training_free]
+    runs += [("ablation", v, s) for v in variants for s in seeds]
+    return list(dict.fromkeys(runs))
+
+
+def _run_folder(results: Path, group: str, method: str, seed: int) -> Path:
+    return (results / ABLATION_DIR if group == "ablation" else results) / method / f"seed{seed}"
+
+
+def load_declared_runs(results: str | Path, declared: Iterable[tuple[str, str, int]],
+                       source: str = "params") -> list[Run]:
+    """The ``declared`` runs (see :func:`declared_runs`) read from ``results``, sorted as :func:`discover_runs`.
+
+    Raises :class:`RunSetError` listing every declared run without its metric JSON and every folder under
+    ``results`` that no declared run explains (hidden folders, starting with ".", are ignored; files are
+    not runs and are ignored too). A run folder's contents belong to the run and are not checked.
+    """
+    results = Path(results)
+    if not results.is_dir():
+        raise FileNotFoundError(f"--results {results}: folder not found")
+    expected = {_run_folder(results, *run): run for run in dict.fromkeys(declared)}
+    if not expected:
+        raise RunSetError(f"{source}: declares no run")
+    parents = {p for folder in expected for p in folder.parents if results in p.parents}
+    missing = [folder / METRICS_FILE for folder in expected if not (folder / METRICS_FILE).is_file()]
+    undeclared: list[Path] = []
+
+    def walk(folder: Path) -> None:
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if sub in parents:
+                walk(sub)
+            elif sub not in expected:
+                undeclared.append(sub)
+
+    walk(results)
+    if missing or undeclared:
+        lines = [f"--results {results}: the runs there are not the runs {source} declares "
+                 "(evaluate.methods x base.seeds, evaluate.training_free x seed 0, "
+                 "ablate.variants and ablate.from_main x base.seeds)"]
+        if missing:
+            lines.append(f"  {len(missing)} declared run(s) without {METRICS_FILE}:")
+            lines += [f"    {p}" for p in missing]
+        if undeclared:
+            lines.append(f"  {len(undeclared)} folder(s) no declared run explains (declare them in {source} "
+                         "or remove them):")
+            lines += [f"    {p}" for p in undeclared]
+        raise RunSetError("\n".join(lines))
+    components: dict[str, dict[str, bool]] = {}
+    for group, method, _ in expected.values():
+        if group == "ablation" and method not in components:
+            variant_dir = results / ABLATION_DIR / method
+            comps = variant_components(variant_dir)
+            if comps is None:
+                raise RunSetError(f"{variant_dir}: ablation variant declared by {source} has no {COMPONENTS_FILE} "
+                                  f"(neither in the folder nor in its seed<k> folders)")
+            components[method] = comps
+    runs = [_load_run(folder, group, method, seed, components.get(method) if group == "ablation" else None)
+            for folder, (group, method, seed) in expected.items()]
+    # the order discover_runs gives: folder names under results, "ablation" sorted among the methods
+    return sorted(runs, key=lambda r: (r.method, "", r.seed) if r.group == "main"
+                  else (ABLATION_DIR, r.method, r.seed))
 
 
 # --------------------------------------------------------------------------------------------- tables
@@ -424,7 +548,12 @@ def compare(tidy: pd.DataFrame, a: str, b: str, metric: str = "hIoU", group: str
 
 def winner_summary(tidy: pd.DataFrame, metric: str = "hIoU", ours: str | None = None,
                    names: dict[str, str] | None = None, order: Iterable[str] | None = None) -> dict[str, Any]:
-    """Ranking of the main methods by mean ``metric``; winner vs runner-up; ``ours`` vs the best other."""
+    """Ranking of the main methods by mean ``metric``; winner vs runner-up; ``ours`` vs the best other.
+
+    The best other method is the one, ``ours`` excluded, with the highest mean ``metric`` over its seeds
+    (ties: the first name in sort order), whatever the display order; ``ours_vs_best_other_unseen`` does the
+    same on unseen mIoU.
+    """
     names = names or {}
     sel = tidy[(tidy["group"] == "main") & (tidy["metric"] == metric)]
     if sel.empty:
@@ -460,12 +589,18 @@ def winner_summary(tidy: pd.DataFrame, metric: str = "hIoU", ours: str | None = 
             out["ours_display"] = names.get(ours, ours)
             out["ours_rank"] = ranking.index(ours) + 1
             if others and ours in finite:
-                out["ours_vs_best_other"] = compare(tidy, ours, others[0], metric)
-                u_others = [m for m in others if math.isfinite(_mean(tidy, m, "mIoU_unseen"))]
+                out["ours_vs_best_other"] = compare(tidy, ours, _strongest(others, means.to_dict()), metric)
+                u_means = {m: _mean(tidy, m, "mIoU_unseen") for m in others}
+                u_others = [m for m in others if math.isfinite(u_means[m])]
                 if u_others and math.isfinite(_mean(tidy, ours, "mIoU_unseen")):
-                    out["ours_vs_best_other_unseen"] = compare(
-                        tidy, ours, max(u_others, key=lambda m: _mean(tidy, m, "mIoU_unseen")), "mIoU_unseen")
+                    out["ours_vs_best_other_unseen"] = compare(tidy, ours, _strongest(u_others, u_means),
+                                                               "mIoU_unseen")
     return out
+
+
+def _strongest(methods: Iterable[str], means: dict[str, float]) -> str:
+    """The method with the highest mean; ties go to the first name in sort order (not display order)."""
+    return min(methods, key=lambda m: (-means[m], m))
 
 
 def _mean(tidy: pd.DataFrame, method: str, metric: str, group: str = "main") -> float:
@@ -541,10 +676,24 @@ class Settings:
     top_k: int = 10
     decimals: int = 2
     plots: bool = True
+    params: str | None = None                             # the params file these settings come from
 
     def to_dict(self) -> dict[str, Any]:
         return {"names": self.names, "order": list(self.names), "ours": self.ours, "dataset": self.dataset,
                 "setting": self.setting, "metric": self.metric, "top_k": self.top_k, "decimals": self.decimals}
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """The params YAML as a mapping; errors name the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--params {path}: file not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--params {path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
 
 
 def load_settings(params: str | Path | None, section: str = "analyse") -> Settings:
@@ -554,12 +703,9 @@ def load_settings(params: str | Path | None, section: str = "analyse") -> Settin
     st = Settings()
     if params is None:
         return st
-    import yaml
-
     path = Path(params)
-    if not path.is_file():
-        raise FileNotFoundError(f"--params {path}: file not found")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_params(path)
+    st.params = str(path)
     if section not in data:
         raise KeyError(f"--params {path}: no section '{section}' (sections: {', '.join(map(str, data))})")
     sec = data[section] or {}
@@ -600,16 +746,22 @@ def _json_safe(obj):
     return obj
 
 
-def analyse(results: str | Path, out: str | Path, settings: Settings | None = None) -> dict[str, Any]:
+def analyse(results: str | Path, out: str | Path, settings: Settings | None = None,
+            declared: Iterable[tuple[str, str, int]] | None = None) -> dict[str, Any]:
     """Build every table (and, unless ``settings.plots`` is false, every figure) into ``out``.
 
+    ``declared``: the (group, method, seed) runs to read (:func:`declared_runs`), checked against the
+    folder by :func:`load_declared_runs`; None reads whatever :func:`discover_runs` finds.
     Returns the summary dict that is also written to ``out/summary.json``.
     """
     from alignzeg.utils import atomic_output_dir
 
     st = settings or Settings()
     results = Path(results)
-    runs = discover_runs(results)
+    if declared is None:
+        runs = discover_runs(results)
+    else:
+        runs = load_declared_runs(results, declared, f"--params {st.params}" if st.params else "params")
     tidy = tidy_runs(runs)
     pcls = per_class_table(runs)
     pmean = per_class_mean(pcls)
@@ -620,6 +772,7 @@ def analyse(results: str | Path, out: str | Path, settings: Settings | None = No
     summary: dict[str, Any] = {
         "results": str(results),
         "settings": st.to_dict(),
+        "runs_declared_by": (st.params or "params") if declared is not None else None,
         "std": "sample standard deviation over seeds (ddof=1); null when a method has one seed",
         "runs": [{"group": r.group, "method": r.method, "seed": r.seed, "metrics": str(r.path),
                   "scores": str(r.scores_path) if r.scores_path else None} for r in runs],
@@ -666,7 +819,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", required=True, help="results root: <method>/seed<k>/zeroshot_metrics.json "
                         "and ablation/<variant>/seed<k>/...")
     parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
-    parser.add_argument("--params", default=None, help="params.yaml to read display names, 'ours', dataset from")
+    parser.add_argument("--params", default=None, help="params.yaml: display names, 'ours', dataset from --section, "
+                        "and the runs to read (evaluate.methods, evaluate.training_free, ablate.variants, "
+                        "ablate.from_main, base.seeds); without it every seed<k> folder found is read")
     parser.add_argument("--section", default="analyse", help="section of --params (default: analyse)")
     parser.add_argument("--name", action="append", default=[], metavar="FOLDER=DISPLAY",
                         help="display name of a method folder; repeat; order = table order (overrides params)")
@@ -681,6 +836,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     st = load_settings(args.params, args.section)
+    try:
+        declared = declared_runs(read_params(args.params), f"--params {args.params}") if args.params else None
+    except RunSetError as exc:
+        raise SystemExit(str(exc)) from None
     if args.name:
         names = {}
         for item in args.name:
@@ -693,5 +852,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, attr) is not None:
             setattr(st, attr, getattr(args, attr))
     st.plots = not args.no_plots
-    analyse(args.results, args.out, st)
+    try:
+        analyse(args.results, args.out, st, declared)
+    except RunSetError as exc:
+        raise SystemExit(str(exc)) from None
     return 0

@@ -1,15 +1,28 @@
-"""Stage commands of the DVC pipeline (``dvc.yaml``): train, evaluate and ablate one run.
+"""Stage commands of the DVC pipeline (``dvc.yaml``): check params, configure, train and evaluate runs.
 
-Every number comes from ``params.yaml``; ``dvc.yaml`` only names the stage, the method or ablation
-variant and the seed. A run is an mmengine Runner built from the method's config file with the
-``base`` paths (data root, split, CLIP checkpoint, text-embedding cache) and the ``train`` schedule
-applied on top. Interrupted training resumes from the last checkpoint in the run folder (DVC removes
-only the declared output, ``model.pth``, before re-running a stage).
+Every number comes from ``params.yaml`` (validated by :mod:`experiments.params` before any work);
+``dvc.yaml`` only names the stage, the method or ablation variant and the seed.
 
+* ``configure`` writes the *resolved* config of a method or ablation variant (the method's config file
+  with the ``base`` paths and the ``train`` schedule applied) to ``<runs_dir>/configs/``. Training and
+  evaluation read only that file, so a stage reruns exactly when its own config's content changes.
+* ``train`` trains one run in ``<runs_dir>/[ablation/]<name>/seed<k>/``. The folder is keyed by the run's
+  fingerprint (resolved config, seed, code, input content, library versions;
+  :mod:`alignzeg.engine.run_state`): a folder written by another fingerprint is cleared and training
+  starts from scratch; a folder with the same fingerprint resumes from its last checkpoint (an
+  interrupted run loses at most ``train.checkpoint_interval`` iterations, and ends bit-identical to an
+  uninterrupted one on a deterministic CPU). ``model.pth`` holds only the weights and stable metadata.
+* ``evaluate`` loads ``model.pth`` strictly (a missing or unexpected key is an error) and writes the
+  metric JSON, flat metrics and score samples to ``<results_dir>/[ablation/]<name>/seed<k>/``.
+
+    python -m experiments.pipeline check
+    python -m experiments.pipeline configure --method alignzeg
     python -m experiments.pipeline train --method alignzeg --seed 0
     python -m experiments.pipeline evaluate --method alignzeg --seed 0
-    python -m experiments.pipeline ablate --variant drop-fes --seed 0
+    python -m experiments.pipeline configure --variant drop-fes
+    python -m experiments.pipeline train --variant drop-fes --seed 0
     python -m experiments.pipeline link-ablation --seed 0
+    python -m experiments.pipeline profile experiments/profiles/voc12aug-vit-b16.yaml --dvc-args
 """
 from __future__ import annotations
 
@@ -18,6 +31,7 @@ import copy
 import json
 import os
 import os.path as osp
+import itertools
 import shutil
 import sys
 import time
@@ -26,87 +40,72 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python experiments/pipeline.py`
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-COMPONENTS = ("mrpe", "fes", "bds", "pbc")
+from experiments.params import COMPONENTS, ParamsError, apply_profile, override_args, read_yaml  # noqa: E402
+from experiments.params import load as load_params  # noqa: E402,F401  (public name)
+from experiments.params import variant_components as _variant_components  # noqa: E402
+
 FLAT_METRICS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen")
-
-
-# ----------------------------------------------------------------------------------------- params
-def load_params(path: str | os.PathLike = "params.yaml") -> dict:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise SystemExit(f"params file not found: {path}")
-    with path.open(encoding="utf-8") as fh:
-        params = yaml.safe_load(fh)
-    for section in ("base", "train", "evaluate", "ablate"):
-        if section not in params:
-            raise SystemExit(f"{path}: missing section {section!r}")
-    return params
-
-
-def _get(section: dict, key: str, where: str):
-    if key not in section:
-        raise SystemExit(f"params.yaml: missing field {where}.{key}")
-    return section[key]
+ABLATION = "ablation"
+CHECK_FILE = "params-check.txt"
+_RUN_IDS = itertools.count()
+# The per-run copy of the text cache lives in the run folder: not part of what the run computes.
+_FINGERPRINT_IGNORE = ("model.text.cache_dir",)
 
 
 def variant_components(variant: str) -> dict[str, bool]:
     """Components of an ablation variant name: ``parent``, ``full``, ``add-X`` (parent + X), ``drop-X`` (full − X)."""
-    if variant == "parent":
-        return {c: False for c in COMPONENTS}
-    if variant == "full":
-        return {c: True for c in COMPONENTS}
-    kind, _, comp = variant.partition("-")
-    if kind not in ("add", "drop") or comp not in COMPONENTS:
+    comps = _variant_components(variant)
+    if comps is None:
         raise SystemExit(f"params.yaml: ablate.variants: unknown variant {variant!r} "
                          f"(use parent, full, add-<c> or drop-<c> with c in {COMPONENTS})")
-    return {c: (c == comp) if kind == "add" else (c != comp) for c in COMPONENTS}
+    return comps
 
 
-def run_dir(params: dict, method: str, seed: int, group: str = "") -> Path:
-    base = params["base"]
-    return Path(_get(base, "runs_dir", "base")) / group / method / f"seed{seed}"
+def run_dir(params: dict, name: str, seed: int, group: str = "") -> Path:
+    return Path(params["base"]["runs_dir"]) / group / name / f"seed{seed}"
 
 
-def result_dir(params: dict, method: str, seed: int, group: str = "") -> Path:
-    base = params["base"]
-    return Path(_get(base, "results_dir", "base")) / group / method / f"seed{seed}"
+def result_dir(params: dict, name: str, seed: int, group: str = "") -> Path:
+    return Path(params["base"]["results_dir"]) / group / name / f"seed{seed}"
+
+
+def config_path(params: dict, name: str, group: str = "") -> Path:
+    return Path(params["base"]["runs_dir"]) / "configs" / group / f"{name}.py"
 
 
 # ----------------------------------------------------------------------------------------- configs
-def method_config(params: dict, method: str, seed: int, work_dir: Path, components: dict | None = None):
-    """The mmengine Config of one run: the method's config file + params.yaml."""
+def method_config(params: dict, method: str, components: dict | None = None):
+    """The resolved mmengine Config of a method (or ablation variant): its config file + params.yaml.
+
+    Applies the ``base`` paths (data root, split, CLIP checkpoint), the ``train`` schedule (iterations,
+    warm-up, batch size, checkpoint and log intervals, determinism) and the ablation switches. No
+    validation inside training runs (evaluation is its own stage). Has no side effects.
+    """
     from mmengine.config import Config
 
     base, train = params["base"], params["train"]
-    configs = _get(train, "configs", "train")
+    configs = train["configs"]
     if method not in configs:
         raise SystemExit(f"params.yaml: train.configs has no entry for method {method!r}")
-    cfg = Config.fromfile(configs[method])
-    data_root = _get(base, "data_root", "base")
+    if not Path(configs[method]).is_file():
+        raise SystemExit(f"params.yaml: train.configs.{method}: config file not found: {configs[method]}")
+    cfg = Config.fromfile(configs[method], import_custom_modules=False)
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
         if cfg.get(loader) is not None:
-            cfg[loader].dataset.data_root = data_root
-    cfg.model.split = _get(base, "split", "base")
-    cfg.model.backbone.clip.pretrained = _get(base, "clip_checkpoint", "base")
-    cfg.model.text.cache_dir = str(_run_text_cache(_get(base, "text_cache", "base"), work_dir))
-    overrides = (train.get("overrides") or {}).get(method) or {}
-    if overrides:
-        cfg.merge_from_dict(overrides)
+            cfg[loader].dataset.data_root = base["data_root"]
+    cfg.model.split = base["split"]
+    cfg.model.backbone.clip.pretrained = base["clip_checkpoint"]
     if components is not None:
         for comp, on in components.items():
             cfg.model.decode_head[comp] = bool(on)
 
-    max_iters = int(_get(train, "max_iters", "train"))
+    max_iters = int(train["max_iters"])
     cfg.train_cfg.max_iters = max_iters
     cfg.train_cfg.val_interval = max_iters + 1
     for key in ("val_dataloader", "val_cfg", "val_evaluator"):  # evaluation is its own stage
         cfg[key] = None
-    cfg.train_dataloader.batch_size = int(_get(train, "batch_size", "train"))
-    if "lr" in train and train["lr"] is not None:
-        cfg.optim_wrapper.optimizer.lr = float(train["lr"])
-    warmup = int(train.get("warmup_iters", 0))
+    cfg.train_dataloader.batch_size = int(train["batch_size"])
+    warmup = int(train["warmup_iters"])
     schedulers = []
     for sched in cfg.get("param_scheduler") or []:
         sched = copy.deepcopy(sched)
@@ -119,13 +118,35 @@ def method_config(params: dict, method: str, seed: int, work_dir: Path, componen
             sched["end"] = max_iters
         schedulers.append(sched)
     cfg.param_scheduler = schedulers
-    cfg.default_hooks.checkpoint.interval = max_iters
+    cfg.default_hooks.checkpoint.interval = min(int(train["checkpoint_interval"]), max_iters)
     cfg.default_hooks.checkpoint.save_last = True
-    cfg.default_hooks.logger.interval = int(train.get("log_interval", 50))
-    cfg.randomness = dict(seed=int(seed), deterministic=False)
-    cfg.work_dir = str(work_dir)
-    cfg.experiment_name = f"{method}-seed{seed}-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}"
+    cfg.default_hooks.checkpoint.max_keep_ckpts = 2
+    cfg.default_hooks.logger.interval = int(train["log_interval"])
+    cfg.randomness = dict(seed=0, deterministic=bool(train["deterministic"]))
     return cfg
+
+
+def configure(params: dict, name: str, group: str = "") -> Path:
+    """Write the resolved config of a method (``group=''``) or ablation variant (``group='ablation'``)."""
+    from alignzeg.utils import atomic_write_text
+
+    if group == ABLATION:
+        cfg = method_config(params, params["ablate"]["method"], variant_components(name))
+    else:
+        cfg = method_config(params, name)
+    out = config_path(params, name, group)
+    atomic_write_text(out, cfg.pretty_text + "\n")
+    return out
+
+
+def load_run_config(params: dict, name: str, group: str = ""):
+    from mmengine.config import Config
+
+    path = config_path(params, name, group)
+    if not path.is_file():
+        raise SystemExit(f"{path}: resolved config not found (run `python -m experiments.pipeline "
+                         f"configure {'--variant' if group else '--method'} {name}` first)")
+    return Config.fromfile(str(path))
 
 
 def _run_text_cache(shared: str, work_dir: Path) -> Path:
@@ -150,75 +171,129 @@ def _set_threads(params: dict) -> None:
         torch.set_num_threads(n)
 
 
+def _inputs(params: dict) -> dict:
+    base = params["base"]
+    return {"data_root": base["data_root"], "split": base["split"], "clip": base["clip_checkpoint"],
+            "text_cache": base["text_cache"]}
+
+
+def _read_fingerprint(work: Path) -> dict | None:
+    from alignzeg.engine.run_state import FINGERPRINT_FILE
+
+    try:
+        return json.loads((work / FINGERPRINT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 # ----------------------------------------------------------------------------------------- stages
-def train_run(params: dict, method: str, seed: int, group: str = "", components: dict | None = None) -> Path:
-    """Train one run (resuming from its last checkpoint) and write ``model.pth`` atomically."""
+def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: list | None = None) -> Path:
+    """Train one run, resuming only a run of the same fingerprint; write ``model.pth`` atomically."""
+    import torch
     from mmengine.runner import Runner
 
-    from experiments.train import prepare_runtime
+    from alignzeg.engine.run_state import FINGERPRINT_FILE, fingerprint_difference, run_fingerprint, \
+        stripped_checkpoint
+    from alignzeg.utils import atomic_write_bytes, atomic_write_json
+    from experiments.train import prepare_runtime, set_run_state_hook
 
     prepare_runtime()
     _set_threads(params)
-    work = run_dir(params, method, seed, group)
-    cfg = method_config(params, method, seed, work, components)
-    last = work / "last_checkpoint"
-    cfg.resume = last.is_file()
+    work = run_dir(params, name, seed, group)
+    cfg = load_run_config(params, name, group)
+    cfg.randomness = dict(cfg.get("randomness") or {}, seed=int(seed))
+    cfg.work_dir = str(work)
+    # Unique per process: mmengine keeps one logger and message hub per experiment name.
+    cfg.experiment_name = f"{group + '-' if group else ''}{name}-seed{seed}-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}-{next(_RUN_IDS)}"
+    cfg.model.text.cache_dir = str(work / "text_cache")
+    fp = run_fingerprint(cfg, seed, _inputs(params), ignore=_FINGERPRINT_IGNORE)
+
+    if work.exists():
+        diff = fingerprint_difference(_read_fingerprint(work), fp)
+        if diff:
+            print(f"[pipeline] {work}: written by another run ({diff} changed); starting from scratch",
+                  flush=True)
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work / FINGERPRINT_FILE, fp)
+    _run_text_cache(params["base"]["text_cache"], work)
+    (work / "model.pth").unlink(missing_ok=True)
+    cfg.resume = (work / "last_checkpoint").is_file()
     cfg.load_from = None
+    set_run_state_hook(cfg, fp)
+    if extra_hooks:
+        cfg.custom_hooks = list(cfg.custom_hooks) + list(extra_hooks)
     runner = Runner.from_cfg(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except FloatingPointError as err:
+        last = (work / "last_checkpoint").read_text().strip() if (work / "last_checkpoint").is_file() else None
+        raise SystemExit(f"{name} seed {seed}: {err}; training stopped, last good checkpoint: "
+                         f"{last or 'none (no checkpoint was written yet)'}") from err
     ckpt = work / f"iter_{cfg.train_cfg.max_iters}.pth"
     if not ckpt.is_file():
         raise RuntimeError(f"training finished but {ckpt} was not written")
+    from alignzeg.engine.checkpoint import load_checkpoint_file
+
+    import io
+
+    buf = io.BytesIO()
+    torch.save(stripped_checkpoint(load_checkpoint_file(ckpt)), buf)
     final = work / "model.pth"
-    tmp = work / ".model.pth.tmp"
-    shutil.copyfile(ckpt, tmp)
-    os.replace(tmp, final)
+    atomic_write_bytes(final, buf.getvalue())
     return final
 
 
-def evaluate_run(params: dict, method: str, seed: int, group: str = "", components: dict | None = None,
+def evaluate_run(params: dict, name: str, seed: int, group: str = "",
                  checkpoint: Path | None = None) -> dict:
     """Evaluate one run on the full vocabulary; write the metric JSON, flat metrics and score samples."""
     from mmengine.runner import Runner
 
     from alignzeg.utils import atomic_write_json
-    from experiments.test import _set_output_dir
+    from experiments.test import _set_output_dir, load_strict
     from experiments.train import prepare_runtime
 
     prepare_runtime()
     _set_threads(params)
     ev = params["evaluate"]
-    out = result_dir(params, method, seed, group)
+    out = result_dir(params, name, seed, group)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = method_config(params, method, seed, run_dir(params, method, seed, group) / "eval", components)
-    training_free = method in (ev.get("training_free") or [])
+    cfg = load_run_config(params, name, group)
+    work = run_dir(params, name, seed, group) / "eval"
+    cfg.work_dir = str(work)
+    cfg.experiment_name = f"eval-{group + '-' if group else ''}{name}-seed{seed}-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}-{next(_RUN_IDS)}"
+    cfg.randomness = dict(cfg.get("randomness") or {}, seed=int(seed))
+    cfg.model.text.cache_dir = str(_run_text_cache(params["base"]["text_cache"], work))
+    training_free = name in ev["training_free"]
     if checkpoint is None and not training_free:
-        checkpoint = run_dir(params, method, seed, group) / "model.pth"
+        checkpoint = run_dir(params, name, seed, group) / "model.pth"
     if checkpoint is not None and not checkpoint.is_file():
         raise SystemExit(f"checkpoint not found: {checkpoint} (run the train stage first)")
-    cfg.load_from = None if checkpoint is None else str(checkpoint)
+    cfg.load_from = None
     cfg.resume = False
     for key in ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler"):
         cfg.pop(key, None)
     if not _set_output_dir(cfg.test_evaluator, str(out)):
-        raise SystemExit(f"{method}: test_evaluator has no ZeroShotIoUMetric")
-    softmax = method in (ev.get("score_softmax") or [])
+        raise SystemExit(f"{name}: test_evaluator has no ZeroShotIoUMetric")
+    softmax = name in ev["score_softmax"] or (group == ABLATION and params["ablate"]["method"] in ev["score_softmax"])
     hooks = list(cfg.get("custom_hooks") or [])
     hooks.append(dict(type="UnseenScoreSamplerHook", out_file=str(out / "scores.npz"),
-                      max_samples=int(ev.get("score_samples", 20000)), seed=int(seed), apply_softmax=softmax))
+                      max_samples=int(ev["score_samples"]), seed=int(seed), apply_softmax=softmax))
     cfg.custom_hooks = hooks
     import alignzeg.engine.score_hook  # noqa: F401  registers the hook
 
     runner = Runner.from_cfg(cfg)
+    if checkpoint is not None:
+        load_strict(runner, checkpoint)
     metrics = runner.test() or {}
     flat = {k: float(metrics[k]) for k in FLAT_METRICS if k in metrics}
     missing = [k for k in FLAT_METRICS if k not in flat]
     if missing:
-        raise RuntimeError(f"{method}: the evaluator returned no {missing}")
+        raise RuntimeError(f"{name}: the evaluator returned no {missing}")
     atomic_write_json(out / "metrics.json", flat)
-    if components is not None:
-        atomic_write_json(out / "components.json", components)
-    print(json.dumps({"method": method, "seed": seed, **{k: round(v, 2) for k, v in flat.items()}}))
+    if group == ABLATION:
+        atomic_write_json(out / "components.json", variant_components(name))
+    print(json.dumps({"method": name, "seed": seed, **{k: round(v, 2) for k, v in flat.items()}}))
     return flat
 
 
@@ -231,7 +306,7 @@ def link_ablation(params: dict, seed: int) -> None:
         src = result_dir(params, method, seed)
         if not (src / "zeroshot_metrics.json").is_file():
             raise SystemExit(f"{src}/zeroshot_metrics.json not found (evaluate {method} first)")
-        dst = result_dir(params, variant, seed, "ablation")
+        dst = result_dir(params, variant, seed, ABLATION)
         with atomic_output_dir(dst) as tmp:
             for name in ("zeroshot_metrics.json", "metrics.json", "scores.npz"):
                 if (src / name).is_file():
@@ -239,36 +314,82 @@ def link_ablation(params: dict, seed: int) -> None:
             atomic_write_json(tmp / "components.json", variant_components(variant))
 
 
+def check(params: dict, path: str) -> Path:
+    """The ``check_params`` stage: params are valid (already checked on load); write the gate file.
+
+    The file's content never changes, so the stages that depend on it rerun only for their own reasons.
+    """
+    from alignzeg.utils import atomic_write_text
+
+    out = Path(params["base"]["runs_dir"]) / CHECK_FILE
+    atomic_write_text(out, "params.yaml checked against experiments/params.py\n")
+    print(f"[pipeline] {path}: params valid")
+    return out
+
+
 # ----------------------------------------------------------------------------------------- CLI
+def _name(args, parser) -> tuple[str, str]:
+    if bool(args.method) == bool(args.variant):
+        parser.error(f"{args.command} needs exactly one of --method or --variant")
+    return (args.method, "") if args.method else (args.variant, ABLATION)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["train", "evaluate", "ablate", "link-ablation"])
+    parser.add_argument("command", choices=["check", "configure", "train", "evaluate", "link-ablation",
+                                            "profile"])
+    parser.add_argument("profile_file", nargs="?", help="profile: the profile YAML (only what differs)")
     parser.add_argument("--method", help="method name (a key of train.configs)")
-    parser.add_argument("--variant", help="ablation variant: parent, full, add-<c>, drop-<c>")
-    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--variant", help="ablation variant: add-<c>, drop-<c>")
+    parser.add_argument("--seed", type=int)
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--dvc-args", action="store_true",
+                        help="profile: print `dvc exp run -S` arguments instead of the merged params")
+    parser.add_argument("--write", metavar="PATH", help="profile: write the merged params to PATH")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    if args.command in ("train", "evaluate") and not args.method:
-        parser.error(f"{args.command} needs --method")
-    if args.command == "train":
-        train_run(params, args.method, args.seed)
-    elif args.command == "evaluate":
-        evaluate_run(params, args.method, args.seed)
-    elif args.command == "ablate":
-        if not args.variant:
-            parser.error("ablate needs --variant")
-        comps = variant_components(args.variant)
-        method = _get(params["ablate"], "method", "ablate")
-        variant_params = copy.deepcopy(params)
-        variant_params["train"]["configs"][args.variant] = params["train"]["configs"][method]
-        overrides = (params["train"].get("overrides") or {}).get(method)
-        if overrides:
-            variant_params["train"].setdefault("overrides", {})[args.variant] = overrides
-        train_run(variant_params, args.variant, args.seed, "ablation", comps)
-        evaluate_run(variant_params, args.variant, args.seed, "ablation", comps)
-    else:
+    if args.command == "profile":
+        if not args.profile_file:
+            parser.error("profile needs the profile YAML file")
+        defaults = load_params(args.params)
+        overlay = read_yaml(args.profile_file)
+        merged = apply_profile(defaults, overlay, args.profile_file)
+        if args.dvc_args:
+            print(" ".join(f"-S {a}" for a in override_args(overlay)))
+        elif args.write:
+            import yaml
+
+            from alignzeg.utils import atomic_write_text
+
+            atomic_write_text(args.write, yaml.safe_dump(merged, sort_keys=False))
+        else:
+            import yaml
+
+            print(yaml.safe_dump(merged, sort_keys=False), end="")
+        return 0
+    try:
+        params = load_params(args.params)
+    except ParamsError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if args.command == "check":
+        check(params, args.params)
+        return 0
+    if args.command == "configure":
+        name, group = _name(args, parser)
+        print(f"[pipeline] wrote {configure(params, name, group)}")
+        return 0
+    if args.seed is None:
+        parser.error(f"{args.command} needs --seed")
+    if args.command == "link-ablation":
         link_ablation(params, args.seed)
+        return 0
+    name, group = _name(args, parser)
+    if group == ABLATION:
+        variant_components(name)
+    if args.command == "train":
+        train_run(params, name, args.seed, group)
+    else:
+        evaluate_run(params, name, args.seed, group)
     return 0
 
 

@@ -38,6 +38,22 @@ def _set_output_dir(evaluator, out_dir: str) -> bool:
     return set_metric_output_dir(evaluator, out_dir, overwrite=True)
 
 
+def load_strict(runner, checkpoint) -> None:
+    """Load ``checkpoint`` into the runner's model with every key required.
+
+    mmengine's ``load_from`` loads non-strictly: a head whose weights are missing from the file keeps
+    its random initialisation and would be scored. Here a missing or unexpected key is an error that
+    names the file and the keys. The test loop is built first so that the split check of
+    ``ZeroShotMetaHook`` sees the test dataset.
+    """
+    runner._test_loop = runner.build_test_loop(runner._test_loop)
+    try:
+        runner.load_checkpoint(str(checkpoint), strict=True)
+    except RuntimeError as err:
+        text = " ".join(str(err).split())
+        raise SystemExit(f"{checkpoint}: does not fit the model of this config ({text[:800]})") from err
+
+
 def run(args: argparse.Namespace) -> int:
     from mmengine.runner import Runner
 
@@ -60,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
     for key in ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler"):
         cfg.pop(key, None)
 
+    checkpoint = cfg.load_from
+    cfg.load_from = None
     runner = Runner.from_cfg(cfg)
+    if checkpoint is not None:
+        load_strict(runner, checkpoint)
     check_vocabulary(runner, runner.test_loop.dataloader.dataset, "all")
     metrics = runner.test()
     out = osp.join(cfg.work_dir, METRICS_FILE)

@@ -100,6 +100,45 @@ def check_vocabulary(runner, dataset, which: str) -> None:
     model.check_dataset_meta(dataset.metainfo, which)
 
 
+def config_inputs(cfg) -> dict:
+    """The input files of a training config whose content the run's fingerprint covers."""
+    found = {}
+    loader = cfg.get("train_dataloader") or {}
+    dataset = loader.get("dataset") or {}
+    while isinstance(dataset, dict) and "dataset" in dataset and "data_root" not in dataset:
+        dataset = dataset["dataset"]  # RepeatDataset and other wrappers
+    if isinstance(dataset, dict) and dataset.get("data_root"):
+        found["data_root"] = dataset["data_root"]
+    model = cfg.get("model") or {}
+    if model.get("split") and osp.isfile(str(model["split"])):
+        found["split"] = model["split"]
+    clip = ((model.get("backbone") or {}).get("clip") or {})
+    if clip.get("pretrained"):
+        found["clip"] = clip["pretrained"]
+    return found
+
+
+def add_run_state(cfg) -> dict:
+    """Fingerprint the run and add the hook that records it (and the RNG state) in every checkpoint.
+
+    Resuming (``--resume``) from a checkpoint of another fingerprint then stops with an error naming
+    what changed, instead of continuing another run. Returns the fingerprint.
+    """
+    from alignzeg.engine.run_state import run_fingerprint
+
+    seed = int((cfg.get("randomness") or {}).get("seed") or 0)
+    fp = run_fingerprint(cfg, seed, config_inputs(cfg), ignore=("model.text.cache_dir",))
+    set_run_state_hook(cfg, fp)
+    return fp
+
+
+def set_run_state_hook(cfg, fingerprint: dict | None) -> None:
+    """Add ``RunStateHook`` (fingerprint + RNG state in checkpoints) to the config's custom hooks."""
+    hooks = [h for h in (cfg.get("custom_hooks") or []) if h.get("type") != "RunStateHook"]
+    hooks.append(dict(type="RunStateHook", fingerprint=fingerprint))
+    cfg.custom_hooks = hooks
+
+
 def run(args: argparse.Namespace) -> int:
     from mmengine.runner import Runner
 
@@ -129,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
 
     if cfg.get("val_evaluator") is not None:
         set_metric_output_dir(cfg.val_evaluator, cfg.work_dir, overwrite=False)
+    add_run_state(cfg)
     runner = Runner.from_cfg(cfg)
     model = unwrap(runner.model)
     check_vocabulary(runner, runner.train_loop.dataloader.dataset,

@@ -113,6 +113,36 @@ def test_split_names_in_readme_are_shipped():
         assert name in shipped and name in README
 
 
-def test_copied_profiles_exist():
-    for src in re.findall(r"cp (experiments/profiles/[\w.-]+\.yaml) params.yaml", README):
-        assert (REPO / src).is_file(), src
+def _pipeline_lines() -> list[str]:
+    lines = [c for c in COMMANDS if c.startswith("python -m experiments.pipeline")]
+    lines += re.findall(r"\$\((python -m experiments\.pipeline [^)]*)\)", " ".join(COMMANDS))
+    return lines
+
+
+def test_pipeline_commands_run(tmp_path):
+    """The profile commands run as written (--write goes to a temporary file instead of params.yaml);
+    the `-S` arguments they print name keys that params.yaml has."""
+    import subprocess
+    import sys
+
+    lines = _pipeline_lines()
+    assert len(lines) >= 2
+    for line in lines:
+        argv = shlex.split(line)
+        if "--write" in argv:
+            argv[argv.index("--write") + 1] = str(tmp_path / "params.yaml")
+        proc = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 0, (line, proc.stderr)
+        if "--dvc-args" in argv:
+            args = proc.stdout.split()
+            assert args[0::2] == ["-S"] * (len(args) // 2) and len(args) >= 4
+            params = yaml.safe_load((REPO / "params.yaml").read_text())
+            for arg in args[1::2]:
+                node = params
+                for part in arg.split("=")[0].split("."):
+                    assert part in node, arg
+                    node = node[part]
+        if "--write" in argv:
+            from experiments.params import load
+
+            assert load(tmp_path / "params.yaml")["base"]["profile"] == "voc12aug-vit-b16"

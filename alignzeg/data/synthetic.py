@@ -362,22 +362,27 @@ def generate(out: str | Path, *, seed: int = 0, num_train: int = 3000, num_val: 
              image_size: int = 64, unseen=DEFAULT_UNSEEN, min_objects: int = 1, max_objects: int = 4,
              progress: bool = False) -> dict:
     """Write the benchmark to ``out`` atomically; return the ``meta.json`` dict."""
+    from alignzeg.data.prepare.common import PrepareError
     from alignzeg.splits import Split
     from alignzeg.utils import atomic_output_dir
 
+    # PrepareError (a ValueError): `alignzeg prepare synthetic` prints it as a message, not a traceback.
     if image_size < 16:
-        raise ValueError(f"--image-size: must be at least 16 pixels, got {image_size}")
+        raise PrepareError(f"--image-size: must be at least 16 pixels, got {image_size}")
     if num_train < 1 or num_val < 0:
-        raise ValueError(f"--num-train/--num-val: need num_train >= 1 and num_val >= 0, got "
-                         f"{num_train}/{num_val}")
+        raise PrepareError(f"--num-train/--num-val: need num_train >= 1 and num_val >= 0, got "
+                           f"{num_train}/{num_val}")
     if not 1 <= min_objects <= max_objects <= len(object_classes()):
-        raise ValueError(f"--min-objects/--max-objects: need 1 <= min <= max <= {len(object_classes())}, "
-                         f"got {min_objects}/{max_objects}")
+        raise PrepareError(f"--min-objects/--max-objects: need 1 <= min <= max <= {len(object_classes())}, "
+                           f"got {min_objects}/{max_objects}")
     names = class_names()
     unseen = tuple(unseen)
     unknown = [u for u in unseen if u not in names]
     if unknown:
-        raise ValueError(f"--unseen: unknown class names {unknown} (classes: {', '.join(names)})")
+        raise PrepareError(f"--unseen: unknown class names {unknown} (classes: {', '.join(names)})")
+    repeated = sorted({u for u in unseen if unseen.count(u) > 1})
+    if repeated:
+        raise PrepareError(f"--unseen: class names given more than once: {repeated}")
     split = Split(name=default_split_name(len(names), len(unseen)), classes=tuple(names), unseen=unseen,
                   dataset="synthetic",
                   source=f"alignzeg.data.synthetic v{GENERATOR_VERSION} (stuff first, then colour-major "

@@ -87,4 +87,58 @@ class ZeroShotMetaHook(Hook):
                                  split_name=current["split_name"])
 
 
-__all__ = ["ZeroShotMetaHook", "check_checkpoint_classes", "load_checkpoint_file", "zeroshot_meta"]
+__all__ = ["ZeroShotMetaHook", "RunStateHook", "check_checkpoint_classes", "load_checkpoint_file", "zeroshot_meta"]
+
+
+@HOOKS.register_module()
+class RunStateHook(Hook):
+    """Fingerprint and RNG state in every checkpoint; resume only from the same fingerprint.
+
+    See :mod:`alignzeg.engine.run_state` for what the fingerprint covers and why the RNG states are
+    restored before the first iteration after resuming (after mmengine has skipped the trained data).
+
+    Args:
+        fingerprint: the current run's fingerprint (``run_fingerprint``), or None to skip the check.
+        require_match: resuming from a checkpoint with another (or no) fingerprint raises ValueError
+            naming the work dir and what differs.
+    """
+
+    priority = "VERY_HIGH"
+
+    def __init__(self, fingerprint: Optional[dict] = None, require_match: bool = True) -> None:
+        import json
+
+        # plain JSON types: built from a config, it arrives as a ConfigDict, which checkpoints must not hold
+        self.fingerprint = json.loads(json.dumps(fingerprint)) if fingerprint is not None else None
+        self.require_match = require_match
+        self._pending_rng: Optional[dict] = None
+
+    def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        from alignzeg.engine.run_state import rng_state
+
+        meta = checkpoint.setdefault("meta", {})
+        meta["rng_state"] = rng_state()
+        if self.fingerprint is not None:
+            meta["fingerprint"] = self.fingerprint
+
+    def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        from alignzeg.engine.run_state import fingerprint_difference
+
+        if not getattr(runner, "_resume", False):
+            return  # load_from for fine-tuning or evaluation: nothing is continued
+        meta = checkpoint.get("meta") or {}
+        if self.fingerprint is not None and self.require_match:
+            diff = fingerprint_difference(meta.get("fingerprint"), self.fingerprint)
+            if diff:
+                raise ValueError(
+                    f"refusing to resume in {runner.work_dir}: its last checkpoint was written by a "
+                    f"different run ({diff} changed); start in an empty work dir or remove the old "
+                    f"checkpoints")
+        self._pending_rng = meta.get("rng_state")
+
+    def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
+        from alignzeg.engine.run_state import set_rng_state
+
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None

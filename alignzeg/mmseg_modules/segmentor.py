@@ -167,6 +167,27 @@ class ZeroShotEncoderDecoder(BaseSegmentor):
         self.clear_text_embeddings()
         super()._load_from_state_dict(*args, **kwargs)
 
+    def parse_losses(self, losses: dict) -> tuple:
+        """mmengine's loss reduction, then a stop on the first non-finite term (before the update).
+
+        A NaN or infinite loss would be back-propagated into the weights and saved in the next
+        checkpoint; raising here leaves the last good checkpoint as it is and names the iteration and
+        every non-finite term.
+        """
+        parsed, log_vars = super().parse_losses(losses)
+        if not torch.isfinite(parsed.detach()).all():
+            bad = {k: float(v) for k, v in log_vars.items()
+                   if k.startswith("loss") or "loss" in k}
+            bad = {k: v for k, v in bad.items() if not torch.isfinite(torch.tensor(v))} or bad
+            from mmengine.logging import MessageHub
+
+            hub = MessageHub.get_current_instance()
+            it = hub.get_info("iter")
+            where = f"iteration {int(it) + 1}" if it is not None else "an iteration"
+            terms = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+            raise FloatingPointError(f"non-finite loss at {where}: {terms}")
+        return parsed, log_vars
+
     def _prepare_head(self, which: str) -> Tensor:
         text = self.text_embeddings(which)
         self.decode_head.vocab_info = self.vocab_info(which)

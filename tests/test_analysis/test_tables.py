@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from analysis import tables as T
-from tests.test_analysis.conftest import ABLATION, MAIN, NAMES, hiou, metric_json, write_run
+from tests.test_analysis.conftest import (ABLATION, MAIN, MANY, MANY_NAMES, MANY_ORDER, NAMES, build_many,
+                                       hiou, metric_json, write_run)
 
 COL_OF = {"mIoU_seen": "S", "mIoU_unseen": "U", "hIoU": "hIoU"}
 
@@ -138,6 +139,54 @@ def test_winner_when_ours_is_not_first(results_root):
     assert w["ours_vs_best_other"]["margin"] == pytest.approx(41.0 - 45.0)
 
 
+def _many_means(key: str) -> dict[str, float]:
+    """Mean over seeds of MANY's metric ``key``, recomputed from the (S, U) pairs."""
+    pick = {"hIoU": lambda s, u: hiou(s, u), "mIoU_seen": lambda s, u: s, "mIoU_unseen": lambda s, u: u}[key]
+    return {m: float(np.mean([pick(s, u) for s, u in seeds.values()])) for m, seeds in MANY.items()}
+
+
+@pytest.mark.parametrize("metric,best,ours_rank", [("hIoU", "two-stage", 1), ("mIoU_seen", "zegclip", 3)])
+def test_best_other_is_the_strongest_by_mean_not_the_first_shown(tmp_path, metric, best, ours_rank):
+    tidy = T.tidy_runs(T.discover_runs(build_many(tmp_path / "r")))
+    w = T.winner_summary(tidy, metric, ours="alignzeg", names=MANY_NAMES, order=MANY_ORDER)
+    means = _many_means(metric)
+    others = [m for m in MANY_ORDER if m != "alignzeg"]
+    # the fixture is built so that the strongest other is strictly best and neither first nor last shown
+    assert best not in (others[0], others[-1])
+    assert all(means[best] > means[m] for m in others if m != best)
+    o = w["ours_vs_best_other"]
+    assert o["b"] == best
+    assert o["mean_b"] == pytest.approx(means[best], abs=1e-12)
+    assert o["margin"] == pytest.approx(means["alignzeg"] - means[best], abs=1e-12)
+    per_seed = {m: np.array([hiou(s, u) if metric == "hIoU" else s for s, u in MANY[m].values()])
+                for m in ("alignzeg", best)}
+    a, b = per_seed["alignzeg"], per_seed[best]
+    assert o["paired_std"] == pytest.approx(np.std(a - b, ddof=1), abs=1e-12)
+    assert w["ours_rank"] == ours_rank
+    # unseen mIoU: san-parent (U 28, 29, 30) is the strongest other, ahead of two-stage (27, 26, 28)
+    u = w["ours_vs_best_other_unseen"]
+    assert u["b"] == "san-parent"
+    assert u["margin"] == pytest.approx(np.mean([30.0, 33.0, 29.0]) - np.mean([28.0, 29.0, 30.0]), abs=1e-12)
+
+
+def test_best_other_tie_goes_to_the_first_name(tmp_path):
+    root = tmp_path / "r"
+    for seed, (s, u) in {0: (40.0, 30.0), 1: (42.0, 32.0)}.items():
+        write_run(root / "ours" / f"seed{seed}", metric_json(s, u, seed))
+    for m in ("b-method", "a-method", "c-method"):
+        for seed, (s, u) in {0: (44.0, 20.0), 1: (46.0, 22.0)}.items():
+            write_run(root / m / f"seed{seed}", metric_json(s, u, seed))
+    for seed, (s, u) in {0: (30.0, 10.0), 1: (31.0, 11.0)}.items():
+        write_run(root / "d-weak" / f"seed{seed}", metric_json(s, u, seed))
+    tidy = T.tidy_runs(T.discover_runs(root))
+    for order in (["ours", "b-method", "c-method", "a-method", "d-weak"], ["d-weak", "c-method", "ours"]):
+        w = T.winner_summary(tidy, "hIoU", ours="ours", order=order)
+        assert w["ours_vs_best_other"]["b"] == "a-method"
+        assert w["ours_vs_best_other"]["margin"] == pytest.approx(
+            (hiou(40, 30) + hiou(42, 32)) / 2 - (hiou(44, 20) + hiou(46, 22)) / 2, abs=1e-12)
+        assert w["ours_vs_best_other_unseen"]["b"] == "a-method"
+
+
 def test_unpaired_seeds_have_no_paired_std(tmp_path):
     root = tmp_path / "r"
     write_run(root / "a" / "seed0", metric_json(40, 30, 0))
@@ -200,10 +249,16 @@ def test_settings_from_params(tmp_path):
 
 
 def test_cli_analyse_writes_every_table(results_root, tmp_path):
+    import shutil
+
     from alignzeg.cli import main
 
+    for m in MAIN:  # the fixture's ablation has seeds 0 and 1: declare those, drop the main seed 2
+        shutil.rmtree(results_root / m / "seed2")
     params = tmp_path / "params.yaml"
-    params.write_text("analyse:\n  methods: {alignzeg: AlignZeg, zegclip: ZegCLIP}\n  ours: alignzeg\n"
+    params.write_text("base:\n  seeds: [0, 1]\nevaluate:\n  methods: [alignzeg, zegclip]\n"
+                      f"ablate:\n  variants: [{', '.join(ABLATION)}]\n"
+                      "analyse:\n  methods: {alignzeg: AlignZeg, zegclip: ZegCLIP}\n  ours: alignzeg\n"
                       "  dataset: synthetic\n")
     out = tmp_path / "analysis"
     assert main(["analyse", "--results", str(results_root), "--out", str(out), "--params", str(params),
@@ -214,14 +269,15 @@ def test_cli_analyse_writes_every_table(results_root, tmp_path):
         assert (out / name).is_file(), name
     long = pd.read_csv(out / "runs_long.csv")
     assert set(long.columns) == {"group", "method", "seed", "metric", "value"}
-    assert len(long) == (6 + 20) * 7  # 6 metrics + the seen-unseen gap per run
+    assert len(long) == (4 + 20) * 7  # 6 metrics + the seen-unseen gap per run
     summary = json.loads((out / "summary.json").read_text())
     assert summary["winner"]["winner"] == "alignzeg"
     assert summary["settings"]["dataset"] == "synthetic"
     assert summary["display"] == NAMES
     main_csv = pd.read_csv(out / "main_table.csv")
-    a = _values("alignzeg", "hIoU")
+    a = _values("alignzeg", "hIoU")[:2]  # seeds 0 and 1
     assert main_csv.loc[main_csv["method"] == "alignzeg", "hIoU_mean"].iloc[0] == pytest.approx(a.mean())
+    assert summary["runs_declared_by"] == str(params)
 
 
 def test_components_per_seed_as_the_pipeline_writes_them(results_root):

@@ -9,12 +9,15 @@ Each converter reads an official download, validates it, and writes (atomically)
 
 ``synthetic`` hands its arguments to :mod:`alignzeg.data.synthetic` (imported only when chosen).
 Input problems (:class:`~alignzeg.data.prepare.common.PrepareError`, always naming the offending
-path) end the command with that message and exit status 1; nothing is left in ``--out``.
+path) and an ``--out`` that cannot be written (:class:`~alignzeg.utils.OutputError`: read-only folder, full
+disk) end the command with that message and exit status 1; an interruption (Ctrl-C) ends it with status
+130. In every case ``--out`` is left as it was and no partial output remains.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 # dataset -> (module, help)
 CONVERTERS: dict[str, tuple[str, str]] = {
@@ -38,20 +41,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    module_name = CONVERTERS[args.dataset][0]
+    dataset = args.dataset
+    module_name = CONVERTERS[dataset][0]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         if err.name == module_name:
-            raise SystemExit(f"alignzeg prepare {args.dataset}: module {module_name} is not available") from err
+            raise SystemExit(f"alignzeg prepare {dataset}: module {module_name} is not available") from err
         raise
-    if args.dataset == "synthetic":
+    if dataset == "synthetic":   # from here on ``args`` are the generator's own (no ``dataset``)
         parser = argparse.ArgumentParser(prog="alignzeg prepare synthetic", description=CONVERTERS["synthetic"][1])
         module.add_arguments(parser)
         args = parser.parse_args(args.rest)
     from alignzeg.data.prepare.common import PrepareError
+    from alignzeg.utils import OutputError
 
     try:
         return int(module.run(args) or 0)
-    except PrepareError as err:   # a problem with the user's input: a message, not a traceback
-        raise SystemExit(f"alignzeg prepare {args.dataset}: error: {err}") from err
+    except (PrepareError, OutputError) as err:   # bad input or unwritable --out: a message, not a traceback
+        raise SystemExit(f"alignzeg prepare {dataset}: error: {err}") from err
+    except KeyboardInterrupt as err:
+        notes = " ".join(getattr(err, "__notes__", []))
+        print(f"alignzeg prepare {dataset}: interrupted" + (f"; {notes}" if notes else ""), file=sys.stderr)
+        raise SystemExit(130) from err

@@ -1,0 +1,219 @@
+"""Every number is the number a fresh run would print: fingerprinted run folders, exact resume, loud
+failures. The real tiny AlignZeg config (random point sampling, feature mixup, dropout-free) trains for
+a few iterations on a small synthetic benchmark, on CPU, deterministically.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("mmseg.models", reason="mmseg.models needs mmcv with ops")
+
+from mmengine.hooks import Hook  # noqa: E402
+from mmseg.registry import HOOKS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = "experiments/configs/alignzeg/alignzeg_tiny-vit_1xb16-2k_synthetic-default-64x64.py"
+
+
+class SimulatedKill(BaseException):
+    """Stands for SIGKILL between two checkpoints: nothing of the run's own code handles it."""
+
+
+@HOOKS.register_module(force=True)
+class KillAtIterHook(Hook):
+    priority = "NORMAL"  # before CheckpointHook (VERY_LOW): the iteration's checkpoint is never written
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if runner.iter + 1 == self.at:
+            raise SimulatedKill(f"killed after iteration {self.at}")
+
+
+@HOOKS.register_module(force=True)
+class PoisonAtIterHook(Hook):
+    """Makes the logit scale NaN before iteration ``at`` (1-based), so that iteration's loss is NaN."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        if runner.iter + 1 == self.at:
+            import torch
+
+            head = runner.model.decode_head
+            with torch.no_grad():
+                for p in head.parameters():
+                    p.fill_(float("nan"))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A small benchmark, tiny CLIP and text cache, built by the real CLI commands."""
+    from alignzeg.cli import main as cli
+
+    root = tmp_path_factory.mktemp("study")
+    data, clip, text = root / "data" / "synthetic", root / "data" / "clip.safetensors", root / "data" / "text"
+    assert cli(["prepare", "synthetic", "--out", str(data), "--seed", "0", "--num-train", "24",
+                "--num-val", "6", "--image-size", "64"]) == 0
+    assert cli(["pretrain-clip", "--data", str(data), "--out", str(clip), "--seed", "0", "--epochs", "1",
+                "--batch-size", "8", "--val-fraction", "0", "--threads", "2", "--no-progress"]) == 0
+    assert cli(["text-embed", "--pretrained", str(clip), "--split", str(data / "split.json"),
+                "--templates", "vild", "--cache-dir", str(text), "--seen-too",
+                "--out", str(text / "vocabulary.safetensors")]) == 0
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["base"].update(data_root=str(data), split=str(data / "split.json"), clip_checkpoint=str(clip),
+                          text_cache=str(text), num_threads=2)
+    params["train"].update(methods=["alignzeg"], max_iters=6, warmup_iters=1, batch_size=2,
+                           log_interval=1, checkpoint_interval=2, deterministic=True,
+                           configs={"alignzeg": str(REPO / CONFIG)})
+    params["evaluate"].update(methods=["alignzeg"], training_free=[], score_softmax=[], score_samples=500)
+    params["ablate"].update(variants=[], from_main={})
+    params["analyse"].update(ours="alignzeg", methods={"alignzeg": "AlignZeg"})
+    from experiments.params import validate
+
+    validate(params, "test params", root=REPO)
+    return root, params
+
+
+def _at(params: dict, root: Path, name: str) -> dict:
+    p = copy.deepcopy(params)
+    p["base"].update(runs_dir=str(root / f"runs-{name}"), results_dir=str(root / f"results-{name}"),
+                     reports_dir=str(root / f"reports-{name}"))
+    return p
+
+
+def _train(params: dict, seed: int = 0, extra_hooks=None) -> Path:
+    from experiments import pipeline as P
+
+    P.configure(params, "alignzeg")
+    return P.train_run(params, "alignzeg", seed, extra_hooks=extra_hooks)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def fresh(study):
+    """An uninterrupted run (seed 0) and its evaluation: the reference of the other tests."""
+    from experiments import pipeline as P
+
+    root, params = study
+    p = _at(params, root, "fresh")
+    model = _train(p)
+    metrics = P.evaluate_run(p, "alignzeg", 0)
+    return p, model, metrics
+
+
+def test_same_run_twice_is_bit_identical(study, fresh):
+    root, params = study
+    _, model, _ = fresh
+    again = _train(_at(params, root, "again"))
+    assert _sha(again) == _sha(model)
+
+
+def test_changed_param_clears_the_run_folder_and_matches_a_fresh_run(study, fresh, capsys):
+    root, params = study
+    p, model, _ = fresh
+    old = _sha(model)
+    changed = copy.deepcopy(p)
+    changed["train"]["warmup_iters"] = 3  # one training param
+    work = Path(changed["base"]["runs_dir"]) / "alignzeg" / "seed0"
+    assert (work / "iter_6.pth").is_file() and (work / "last_checkpoint").is_file()
+    stale = _train(changed)
+    out = capsys.readouterr().out
+    assert "written by another run (config changed); starting from scratch" in out
+    fresh_changed = _train(_at(changed, root, "fresh-changed"))
+    assert _sha(stale) == _sha(fresh_changed)
+    assert _sha(stale) != old  # the param matters, so an old model would have been detected
+    # put the reference folder back for the other tests
+    assert _sha(_train(p)) == old
+
+
+def test_interrupted_run_resumes_to_the_same_model_and_metrics(study, fresh):
+    from experiments import pipeline as P
+
+    root, params = study
+    _, model, metrics = fresh
+    p = _at(params, root, "killed")
+    with pytest.raises(SimulatedKill):
+        _train(p, extra_hooks=[dict(type="KillAtIterHook", at=5)])
+    work = Path(p["base"]["runs_dir"]) / "alignzeg" / "seed0"
+    assert (work / "iter_4.pth").is_file() and not (work / "iter_5.pth").exists()
+    assert not (work / "model.pth").exists()
+    resumed = _train(p)  # what `dvc repro` runs again
+    log = "\n".join(f.read_text() for f in work.rglob("*.log"))
+    assert "resumed epoch: 0, iter: 4" in log
+    assert _sha(resumed) == _sha(model)
+    again = P.evaluate_run(p, "alignzeg", 0)
+    assert again == metrics
+    a = json.loads((Path(p["base"]["results_dir"]) / "alignzeg/seed0/zeroshot_metrics.json").read_text())
+    b = json.loads((Path(fresh[0]["base"]["results_dir"]) / "alignzeg/seed0/zeroshot_metrics.json").read_text())
+    assert a == b  # per-class IoU, confusion and every derived number
+
+
+def test_resume_from_another_fingerprint_is_refused(study):
+    """`alignzeg train --resume` (not the pipeline) never continues another run's checkpoint."""
+    from mmengine.runner import Runner
+
+    from experiments import pipeline as P
+    from experiments.train import add_run_state, prepare_runtime
+
+    root, params = study
+    p = _at(params, root, "refuse")
+    with pytest.raises(SimulatedKill):
+        _train(p, extra_hooks=[dict(type="KillAtIterHook", at=3)])
+    prepare_runtime()
+    cfg = P.load_run_config(p, "alignzeg")
+    cfg.work_dir = str(Path(p["base"]["runs_dir"]) / "alignzeg" / "seed0")
+    cfg.randomness = dict(seed=0, deterministic=True)
+    cfg.optim_wrapper.optimizer.lr = 1e-4  # another config
+    cfg.resume, cfg.load_from = True, None
+    add_run_state(cfg)
+    with pytest.raises(ValueError, match=r"refusing to resume in .*seed0: .*config.* changed"):
+        Runner.from_cfg(cfg).train()
+
+
+def test_non_finite_loss_stops_with_iteration_and_terms_and_keeps_last_checkpoint(study):
+    root, params = study
+    p = _at(params, root, "nan")
+    work = Path(p["base"]["runs_dir"]) / "alignzeg" / "seed0"
+    with pytest.raises(SystemExit) as err:
+        _train(p, extra_hooks=[dict(type="PoisonAtIterHook", at=5)])
+    msg = str(err.value)
+    assert "non-finite loss at iteration 5" in msg and "loss_cls=nan" in msg.replace("d0.", "")
+    assert "last good checkpoint" in msg and "iter_4.pth" in msg
+    from alignzeg.engine.checkpoint import load_checkpoint_file
+
+    import torch
+
+    last = load_checkpoint_file(work / "iter_4.pth")
+    assert last["meta"]["iter"] == 4
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert not (work / "iter_5.pth").exists() and not (work / "model.pth").exists()
+
+
+def test_evaluation_refuses_a_checkpoint_with_a_missing_key(study, fresh, tmp_path):
+    import torch
+
+    from experiments import pipeline as P
+
+    p, model, _ = fresh
+    ckpt = torch.load(model, map_location="cpu", weights_only=False)
+    key = next(k for k in ckpt["state_dict"] if k.startswith("decode_head."))
+    del ckpt["state_dict"][key]
+    ckpt["state_dict"]["decode_head.not_a_weight"] = torch.zeros(1)
+    bad = tmp_path / "bad.pth"
+    torch.save(ckpt, bad)
+    with pytest.raises(SystemExit) as err:
+        P.evaluate_run(p, "alignzeg", 0, checkpoint=bad)
+    msg = str(err.value)
+    assert str(bad) in msg and key in msg and "decode_head.not_a_weight" in msg
