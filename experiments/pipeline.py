@@ -48,8 +48,8 @@ FLAT_METRICS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_s
 ABLATION = "ablation"
 CHECK_FILE = "params-check.txt"
 _RUN_IDS = itertools.count()
-# The per-run copy of the text cache lives in the run folder: not part of what the run computes.
-_FINGERPRINT_IGNORE = ("model.text.cache_dir",)
+# Per-run names and folders (the text-cache copy, the visualizer): not part of what the run computes.
+_FINGERPRINT_IGNORE = ("model.text.cache_dir", "visualizer.name")
 
 
 def variant_components(variant: str) -> dict[str, bool]:
@@ -171,6 +171,13 @@ def _set_threads(params: dict) -> None:
         torch.set_num_threads(n)
 
 
+def _own_visualizer(cfg) -> None:
+    """One visualizer per run: mmengine keeps visualizers by name, and mmseg's runtime names every one
+    'visualizer', so a second run in the same process would write into the first run's log folder."""
+    if cfg.get("visualizer") is not None:
+        cfg.visualizer.name = cfg.experiment_name
+
+
 def _inputs(params: dict) -> dict:
     base = params["base"]
     return {"data_root": base["data_root"], "split": base["split"], "clip": base["clip_checkpoint"],
@@ -206,6 +213,7 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
     # Unique per process: mmengine keeps one logger and message hub per experiment name.
     cfg.experiment_name = f"{group + '-' if group else ''}{name}-seed{seed}-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}-{next(_RUN_IDS)}"
     cfg.model.text.cache_dir = str(work / "text_cache")
+    _own_visualizer(cfg)
     fp = run_fingerprint(cfg, seed, _inputs(params), ignore=_FINGERPRINT_IGNORE)
 
     if work.exists():
@@ -264,6 +272,7 @@ def evaluate_run(params: dict, name: str, seed: int, group: str = "",
     cfg.experiment_name = f"eval-{group + '-' if group else ''}{name}-seed{seed}-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}-{next(_RUN_IDS)}"
     cfg.randomness = dict(cfg.get("randomness") or {}, seed=int(seed))
     cfg.model.text.cache_dir = str(_run_text_cache(params["base"]["text_cache"], work))
+    _own_visualizer(cfg)
     training_free = name in ev["training_free"]
     if checkpoint is None and not training_free:
         checkpoint = run_dir(params, name, seed, group) / "model.pth"

@@ -209,6 +209,7 @@ if [[ -z $wheel ]]; then
   trap 'rm -rf "$work"' EXIT
   sdist=$work/mmcv-$MMCV_VERSION.tar.gz
   if [[ -n ${MMCV_SDIST:-} ]]; then
+    check_sdist "$MMCV_SDIST"
     cp "$MMCV_SDIST" "$sdist"
   else
     # Hash-checking mode: pip refuses the archive (printing Expected/Got) before any of its code runs.
@@ -217,8 +218,8 @@ if [[ -z $wheel ]]; then
       -d "$work" -r "$work/mmcv-source.txt" \
       || die "could not download mmcv-$MMCV_VERSION.tar.gz with sha256 $MMCV_SDIST_SHA256 (pip's message above" \
              "says why; its 'Got' line is the sha256 of the archive it was served)"
+    check_sdist "$sdist"
   fi
-  check_sdist "$sdist"
   tar -xzf "$sdist" -C "$work"
   src="$work/mmcv-$MMCV_VERSION"
   grep -q -- "-std=c++17" "$src/setup.py" || die "expected -std=c++17 in $src/setup.py"
