@@ -22,7 +22,7 @@ from PIL import Image
 from alignzeg.cli import main as cli_main
 from alignzeg.data import synthetic as S
 from alignzeg.splits import Split, load_split
-from tests.test_data._prepare_trees import leftovers, write_jpg, write_palette_png
+from tests.test_data._prepare_trees import leftovers, write_palette_png
 from tests.test_data.test_prepare_voc import VOC_A, make_voc, run_voc
 
 REPO = Path(__file__).resolve().parents[1]

@@ -108,17 +108,26 @@ def test_train_test_resume_end_to_end(workspace):
     assert {row["class"] for row in metrics["per_class"] if row["split"] == "unseen"} == set(UNSEEN)
     assert json.loads((test_dir / "zeroshot_metrics.json").read_text()) == metrics
 
-    # Resume: a 3-iteration schedule that saves every iteration continues at iteration 2.
+    # Resuming with another config (a 3-iteration schedule) would continue another run: refused.
     cfg3 = write_config(tmp / "toy_3it.py", data, max_iters=3, ckpt_interval=1)
-    head_w = state["decode_head.proj.weight"].clone()
-    assert main(["train", str(cfg3), "--work-dir", str(work), "--resume"]) == 0
-    assert (work / "iter_3.pth").is_file()
-    assert not (work / "iter_1.pth").exists(), "training restarted from scratch instead of resuming"
-    resumed = load_checkpoint_file(work / "iter_3.pth")
-    assert resumed["meta"]["iter"] == 3
-    assert not torch.equal(resumed["state_dict"]["decode_head.proj.weight"], head_w)
-    logs = "".join(p.read_text() for p in work.rglob("*.log"))
+    with pytest.raises(ValueError, match=r"refusing to resume in .*work: .*config.* changed"):
+        main(["train", str(cfg3), "--work-dir", str(work), "--seed", "3", "--resume"])
+    assert sorted(p.name for p in work.glob("iter_*.pth")) == ["iter_2.pth"]  # nothing overwritten
+
+    # Resume after an interruption: the 3-iteration run, cut after its checkpoint at iteration 2
+    # (iter_3.pth gone, last_checkpoint pointing at iter_2.pth), ends with the same weights.
+    full, cut = tmp / "full", tmp / "cut"
+    assert main(["train", str(cfg3), "--work-dir", str(full), "--seed", "3"]) == 0
+    assert main(["train", str(cfg3), "--work-dir", str(cut), "--seed", "3"]) == 0
+    (cut / "iter_3.pth").unlink()
+    (cut / "last_checkpoint").write_text(str(cut / "iter_2.pth"))
+    assert main(["train", str(cfg3), "--work-dir", str(cut), "--seed", "3", "--resume"]) == 0
+    logs = "".join(p.read_text() for p in cut.rglob("*.log"))
     assert "resumed" in logs.lower() and "iter: 2" in logs
+    a = load_checkpoint_file(full / "iter_3.pth")["state_dict"]
+    b = load_checkpoint_file(cut / "iter_3.pth")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["decode_head.proj.weight"], state["decode_head.proj.weight"])
 
 
 def test_test_requires_checkpoint_or_flag_and_maskclip_runs_without(workspace):
