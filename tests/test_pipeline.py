@@ -330,6 +330,16 @@ def test_queued_experiment_matches_the_same_override_in_the_workspace(pipeline_r
         time.sleep(5)
     _run([dvc, "queue", "stop"], root, env)
     assert "Success" in status, status + _run([dvc, "queue", "logs", "queued"], root, env)
+    # In the workspace the fixture's seed-1 folders are left over from the earlier study: the analysis
+    # refuses to read them as rows and names every one; removed, the same override runs through.
+    proc = subprocess.run([dvc, "exp", "run", "--name", "workspace", *over], cwd=root, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    leftovers = sorted(root.glob("results/**/seed1"))
+    assert len(leftovers) == 6
+    for path in leftovers:
+        assert str(path.relative_to(root)) in proc.stdout + proc.stderr
+        shutil.rmtree(path)
     _run([dvc, "exp", "run", "--name", "workspace", *over], root, env)
     files = ["results/alignzeg/seed0/metrics.json", "results/zegclip/seed0/metrics.json",
              "results/ablation/drop-pbc/seed0/metrics.json", "reports/summary.json"]
