@@ -49,6 +49,11 @@ def load_strict(runner, checkpoint) -> None:
     runner._test_loop = runner.build_test_loop(runner._test_loop)
     try:
         runner.load_checkpoint(str(checkpoint), strict=True)
+    except ValueError as err:  # ZeroShotMetaHook: another class list or unseen split; name the file
+        msg = str(err)
+        if msg.startswith("checkpoint "):
+            msg = f"{checkpoint}{msg[len('checkpoint'):]}"
+        raise ValueError(msg) from err
     except RuntimeError as err:
         text = " ".join(str(err).split())
         raise SystemExit(f"{checkpoint}: does not fit the model of this config ({text[:800]})") from err
