@@ -146,7 +146,12 @@ def load_run_config(params: dict, name: str, group: str = ""):
     if not path.is_file():
         raise SystemExit(f"{path}: resolved config not found (run `python -m experiments.pipeline "
                          f"configure {'--variant' if group else '--method'} {name}` first)")
-    return Config.fromfile(str(path))
+    cfg = Config.fromfile(str(path))
+    # yapf-formatting the config text costs seconds per call, and mmengine calls it for the log, the
+    # work-dir dump and every checkpoint: the resolved file is formatted once, by `configure`.
+    # (mmengine 0.10.7's fromfile drops its own format_python_code argument for .py files.)
+    object.__setattr__(cfg, "_format_python_code", False)
+    return cfg
 
 
 def _run_text_cache(shared: str, work_dir: Path) -> Path:

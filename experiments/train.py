@@ -50,6 +50,9 @@ def load_config(args: argparse.Namespace):
     if not osp.isfile(args.config):
         raise SystemExit(f"config file not found: {args.config}")
     cfg = Config.fromfile(args.config)
+    # No yapf pass over the config text (seconds per call; mmengine formats it for the log, the work-dir
+    # dump and every checkpoint). mmengine 0.10.7's fromfile ignores its own format_python_code for .py.
+    object.__setattr__(cfg, "_format_python_code", False)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
