@@ -329,7 +329,41 @@ def tidy_runs(runs: Iterable[Run]) -> pd.DataFrame:
             rows.append((r.group, r.method, r.seed, key, float(r.metrics[key])))
         rows.append((r.group, r.method, r.seed, "seen_unseen_gap",
                      float(r.metrics["mIoU_seen"]) - float(r.metrics["mIoU_unseen"])))
+        rows.append((r.group, r.method, r.seed, "collapsed", run_collapsed(r.metrics)))
     return pd.DataFrame(rows, columns=["group", "method", "seed", "metric", "value"])
+
+
+def run_collapsed(metrics: dict) -> float:
+    """1.0 when a run's predictions collapsed (the metric's ``collapsed`` flag; for metric JSON written
+    before the flag existed, recomputed from its confusion matrix), else 0.0."""
+    if metrics.get("collapsed") is not None:
+        return float(bool(metrics["collapsed"]))
+    conf = metrics.get("confusion")
+    if not conf:
+        return 0.0
+    from alignzeg.evaluation.confusion import collapse_report
+
+    unseen = {row["class"] for row in metrics.get("per_class") or [] if row.get("split") == "unseen"}
+    is_unseen = np.array([c in unseen for c in conf["classes"]], dtype=bool)
+    rep = collapse_report(np.asarray(conf["matrix"]), conf["classes"], float(metrics["mIoU_seen"]),
+                          float(metrics["mIoU_unseen"]), is_unseen)
+    return float(rep["collapsed"])
+
+
+def _collapsed_counts(tidy: pd.DataFrame, group: str) -> dict[str, int]:
+    sub = tidy[(tidy["group"] == group) & (tidy["metric"] == "collapsed")]
+    return {m: int(v.sum()) for m, v in sub.groupby("method")["value"]}
+
+
+def _seeds_cell(r) -> str:
+    n = str(int(r["n_seeds"]))
+    k = int(r.get("n_collapsed", 0) or 0)
+    return f"{n} (⚠ {k} collapsed)" if k else n
+
+
+COLLAPSE_NOTE = ("⚠ k collapsed: k seeds whose predictions collapsed (one class on most pixels, or seen or "
+                 "unseen mIoU below 1 point; see `collapse` in their zeroshot_metrics.json); such a row is a "
+                 "bug to explain, not a result.")
 
 
 def per_class_table(runs: Iterable[Run]) -> pd.DataFrame:
@@ -381,6 +415,7 @@ def main_table(tidy: pd.DataFrame, names: dict[str, str] | None = None,
     """Method x metric table with ``<col>_mean``/``<col>_std`` columns and ``n_seeds``; numeric, unrounded."""
     names = names or {}
     stats = summarise(tidy[tidy["group"] == group])
+    collapsed = _collapsed_counts(tidy, group)
     methods = ordered_methods(stats["method"], order)
     rows = []
     for m in methods:
@@ -389,6 +424,7 @@ def main_table(tidy: pd.DataFrame, names: dict[str, str] | None = None,
         for key, col in MAIN_METRICS.items():
             row[f"{col}_mean"] = float(s.at[key, "mean"])
             row[f"{col}_std"] = float(s.at[key, "std"])
+        row["n_collapsed"] = collapsed.get(m, 0)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -406,12 +442,15 @@ def main_table_markdown(table: pd.DataFrame, decimals: int = 2, ours: str | None
             if col == "hIoU" and r["hIoU_mean"] == best_h:
                 cell = f"**{cell}**"
             cells.append(cell)
-        cells.append(str(int(r["n_seeds"])))
+        cells.append(_seeds_cell(r))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Mean ± sample std (ddof=1) over seeds; {DASH} = one seed. S/U = mIoU over seen/unseen classes, "
                  "hIoU = 2SU/(S+U) per run, unseen→seen = share of unseen-class pixels predicted as a seen class "
                  "(lower is better). Bold: highest mean hIoU.")
+    if "n_collapsed" in table and table["n_collapsed"].sum():
+        lines.append("")
+        lines.append(COLLAPSE_NOTE)
     return "\n".join(lines) + "\n"
 
 
@@ -453,6 +492,7 @@ def ablation_table(runs: Iterable[Run], tidy: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     abl = tidy[tidy["group"] == "ablation"]
     stats = summarise(abl)
+    collapsed = _collapsed_counts(tidy, "ablation")
     per_seed_h = {v: abl[(abl["method"] == v) & (abl["metric"] == "hIoU")].set_index("seed")["value"]
                   for v in comps}
     parents = [v for v, c in comps.items() if not any(c.values())]
@@ -476,6 +516,7 @@ def ablation_table(runs: Iterable[Run], tidy: pd.DataFrame) -> pd.DataFrame:
             row[f"{col}_mean"] = float(s.at[key_, "mean"])
             row[f"{col}_std"] = float(s.at[key_, "std"])
         row["n_seeds"] = int(s["n"].max())
+        row["n_collapsed"] = collapsed.get(v, 0)
         if parent is not None:
             ph = per_seed_h[parent]
             row["delta_hIoU"] = row["hIoU_mean"] - float(ph.mean())
@@ -508,12 +549,15 @@ def ablation_markdown(table: pd.DataFrame, decimals: int = 2) -> str:
             if not math.isnan(r["delta_hIoU_std"]):
                 d += f" ± {r['delta_hIoU_std']:.{decimals}f}"
             cells.append(d)
-        cells.append(str(int(r["n_seeds"])))
+        cells.append(_seeds_cell(r))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Mean ± sample std (ddof=1) over seeds; {DASH} in a switch column = off, in a number = one seed. "
                  "Δ hIoU = difference of mean hIoU to the parent (all off); its ± is the sample std of the per-seed "
                  "differences on seeds both variants share.")
+    if "n_collapsed" in table and table["n_collapsed"].sum():
+        lines.append("")
+        lines.append(COLLAPSE_NOTE)
     return "\n".join(lines) + "\n"
 
 

@@ -44,7 +44,7 @@ from experiments.params import COMPONENTS, ParamsError, apply_profile, override_
 from experiments.params import load as load_params  # noqa: E402,F401  (public name)
 from experiments.params import variant_components as _variant_components  # noqa: E402
 
-FLAT_METRICS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen")
+FLAT_METRICS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "collapsed")
 ABLATION = "ablation"
 CHECK_FILE = "params-check.txt"
 _RUN_IDS = itertools.count()

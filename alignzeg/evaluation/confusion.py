@@ -21,6 +21,8 @@ Acc NaN. All returned numbers are percentages (0..100) and unrounded.
 * ``aAcc`` pixel accuracy over all non-ignored pixels.
 * ``unseen_to_seen`` share of unseen-class ground-truth pixels predicted as any seen class: the
   seen-class bias that AlignZeg's predictive bias correction targets. NaN without unseen pixels.
+* ``collapsed`` 1.0 when the predictions have collapsed (:func:`collapse_report`), else 0.0: such a
+  run is a bug to explain, not a row to average, and every table flags it.
 """
 from __future__ import annotations
 
@@ -29,7 +31,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-METRIC_KEYS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen")
+METRIC_KEYS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "collapsed")
+# A run has collapsed when one class takes this share of the labelled pixels although its ground truth
+# covers less than half of it, or when the seen or the unseen mIoU is below COLLAPSE_MIN_MIOU.
+COLLAPSE_TOP_SHARE = 0.5
+COLLAPSE_MIN_MIOU = 1.0
 
 
 def _is_torch(x: Any) -> bool:
@@ -102,8 +108,8 @@ def metrics_from_confusion(matrix, classes: Sequence[str], unseen: Sequence[str]
 
     ``classes`` names the matrix rows/columns in label order; ``unseen`` lists the unseen class names
     (each must be in ``classes``); all other classes are seen. Returns
-    ``{"mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "per_class", "confusion"}``
-    with ``per_class`` a list of ``{"class", "split", "IoU", "Acc", "gt_pixels", "pred_pixels"}`` and
+    ``{"mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "collapsed", "per_class",
+    "confusion", "collapse"}`` with ``per_class`` a list of ``{"class", "split", "IoU", "Acc", "gt_pixels", "pred_pixels"}`` and
     ``confusion`` = ``{"classes": [...], "matrix": [[int, ...], ...]}``.
     """
     m = np.asarray(matrix.cpu() if _is_torch(matrix) else matrix, dtype=np.int64)
@@ -147,7 +153,46 @@ def metrics_from_confusion(matrix, classes: Sequence[str], unseen: Sequence[str]
             for i, c in enumerate(classes)
         ],
         "confusion": {"classes": classes, "matrix": m.tolist()},
+        **_with_collapse(m, classes, seen_miou, unseen_miou, is_unseen),
     }
+
+
+def collapse_report(matrix, classes: Sequence[str], seen_miou: float, unseen_miou: float,
+                    is_unseen: np.ndarray | None = None) -> dict:
+    """Whether a run's predictions have collapsed, and why.
+
+    Collapsed means one of: a single class receives at least :data:`COLLAPSE_TOP_SHARE` of the labelled
+    pixels while its ground truth covers less than half of that share (one class painted over most of
+    the image); the seen mIoU, or the unseen mIoU, is below :data:`COLLAPSE_MIN_MIOU` points although
+    such classes are present. Returns ``{"collapsed", "reasons", "top_class", "top_share",
+    "top_gt_share"}`` (shares as fractions).
+    """
+    m = np.asarray(matrix, dtype=np.int64)
+    total = int(m.sum())
+    reasons = []
+    top_class, top_share, top_gt_share = None, float("nan"), float("nan")
+    if total:
+        pred = m.sum(axis=0)
+        k = int(pred.argmax())
+        top_class = str(classes[k])
+        top_share = float(pred[k]) / total
+        top_gt_share = float(m[k].sum()) / total
+        if top_share >= COLLAPSE_TOP_SHARE and top_gt_share < top_share / 2:
+            reasons.append(f"{top_class!r} predicted on {100 * top_share:.1f}% of the pixels "
+                           f"(ground truth {100 * top_gt_share:.1f}%)")
+    present = m.sum(axis=1) > 0
+    if is_unseen is None:
+        is_unseen = np.zeros(len(classes), dtype=bool)
+    for name, value, mask in (("seen", seen_miou, ~is_unseen), ("unseen", unseen_miou, is_unseen)):
+        if (present & mask).any() and not math.isnan(value) and value < COLLAPSE_MIN_MIOU:
+            reasons.append(f"{name} mIoU {value:.2f} < {COLLAPSE_MIN_MIOU}")
+    return {"collapsed": bool(reasons), "reasons": reasons, "top_class": top_class,
+            "top_share": top_share, "top_gt_share": top_gt_share}
+
+
+def _with_collapse(m, classes, seen_miou, unseen_miou, is_unseen) -> dict:
+    report = collapse_report(m, classes, seen_miou, unseen_miou, is_unseen)
+    return {"collapsed": 1.0 if report["collapsed"] else 0.0, "collapse": report}
 
 
 def nan_to_none(obj):

@@ -269,7 +269,7 @@ def test_cli_analyse_writes_every_table(results_root, tmp_path):
         assert (out / name).is_file(), name
     long = pd.read_csv(out / "runs_long.csv")
     assert set(long.columns) == {"group", "method", "seed", "metric", "value"}
-    assert len(long) == (4 + 20) * 7  # 6 metrics + the seen-unseen gap per run
+    assert len(long) == (4 + 20) * 8  # S, U, hIoU, aAcc, unseen->seen, mIoU, the seen-unseen gap, collapsed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["winner"]["winner"] == "alignzeg"
     assert summary["settings"]["dataset"] == "synthetic"

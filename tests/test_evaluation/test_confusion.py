@@ -62,8 +62,8 @@ def test_metrics_match_hand_computed_values():
     # unseen gt pixels: c row 4 + d row 3 = 7; predicted as seen (a or b): c->a 1, d->b 2 = 3
     assert r["unseen_to_seen"] == pytest.approx(100 * 3 / 7)
     assert r["confusion"] == {"classes": CLASSES, "matrix": EXPECTED.tolist()}
-    assert set(r) == {"mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen",
-                      "per_class", "confusion"}
+    assert set(r) == {"mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "collapsed",
+                      "per_class", "confusion", "collapse"}
 
 
 def test_hiou_formula_edge_cases():
