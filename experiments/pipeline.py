@@ -140,18 +140,13 @@ def configure(params: dict, name: str, group: str = "") -> Path:
 
 
 def load_run_config(params: dict, name: str, group: str = ""):
-    from mmengine.config import Config
+    from experiments.train import read_config
 
     path = config_path(params, name, group)
     if not path.is_file():
         raise SystemExit(f"{path}: resolved config not found (run `python -m experiments.pipeline "
                          f"configure {'--variant' if group else '--method'} {name}` first)")
-    cfg = Config.fromfile(str(path))
-    # yapf-formatting the config text costs seconds per call, and mmengine calls it for the log, the
-    # work-dir dump and every checkpoint: the resolved file is formatted once, by `configure`.
-    # (mmengine 0.10.7's fromfile drops its own format_python_code argument for .py files.)
-    object.__setattr__(cfg, "_format_python_code", False)
-    return cfg
+    return read_config(path)  # formatted once, by `configure`
 
 
 def _run_text_cache(shared: str, work_dir: Path) -> Path:
@@ -174,6 +169,12 @@ def _set_threads(params: dict) -> None:
     n = int(params["base"].get("num_threads") or 0)
     if n > 0:
         torch.set_num_threads(n)
+
+
+def _run_name(kind: str, name: str, seed: int, group: str) -> str:
+    """Unique per run and process: mmengine keeps one logger and message hub per experiment name."""
+    return (f"{kind}{group + '-' if group else ''}{name}-seed{seed}-{time.strftime('%Y%m%d_%H%M%S')}-"
+            f"{os.getpid()}-{next(_RUN_IDS)}")
 
 
 def _own_visualizer(cfg) -> None:
@@ -204,6 +205,9 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
     import torch
     from mmengine.runner import Runner
 
+    import io
+
+    from alignzeg.engine.checkpoint import load_checkpoint_file
     from alignzeg.engine.run_state import FINGERPRINT_FILE, fingerprint_difference, run_fingerprint, \
         stripped_checkpoint
     from alignzeg.utils import atomic_write_bytes, atomic_write_json
@@ -215,8 +219,7 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
     cfg = load_run_config(params, name, group)
     cfg.randomness = dict(cfg.get("randomness") or {}, seed=int(seed))
     cfg.work_dir = str(work)
-    # Unique per process: mmengine keeps one logger and message hub per experiment name.
-    cfg.experiment_name = f"{group + '-' if group else ''}{name}-seed{seed}-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}-{next(_RUN_IDS)}"
+    cfg.experiment_name = _run_name("", name, seed, group)
     cfg.model.text.cache_dir = str(work / "text_cache")
     _own_visualizer(cfg)
     fp = run_fingerprint(cfg, seed, _inputs(params), ignore=_FINGERPRINT_IGNORE)
@@ -246,10 +249,6 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
     ckpt = work / f"iter_{cfg.train_cfg.max_iters}.pth"
     if not ckpt.is_file():
         raise RuntimeError(f"training finished but {ckpt} was not written")
-    from alignzeg.engine.checkpoint import load_checkpoint_file
-
-    import io
-
     buf = io.BytesIO()
     torch.save(stripped_checkpoint(load_checkpoint_file(ckpt)), buf)
     final = work / "model.pth"
@@ -274,7 +273,7 @@ def evaluate_run(params: dict, name: str, seed: int, group: str = "",
     cfg = load_run_config(params, name, group)
     work = run_dir(params, name, seed, group) / "eval"
     cfg.work_dir = str(work)
-    cfg.experiment_name = f"eval-{group + '-' if group else ''}{name}-seed{seed}-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}-{next(_RUN_IDS)}"
+    cfg.experiment_name = _run_name("eval-", name, seed, group)
     cfg.randomness = dict(cfg.get("randomness") or {}, seed=int(seed))
     cfg.model.text.cache_dir = str(_run_text_cache(params["base"]["text_cache"], work))
     _own_visualizer(cfg)

@@ -43,16 +43,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", action="store_true", help="automatic mixed precision (AmpOptimWrapper)")
 
 
-def load_config(args: argparse.Namespace):
-    """Read the config, apply ``--cfg-options``, ``--launcher`` and the work dir."""
+def read_config(path: str):
+    """``Config.fromfile`` without the yapf pass over the config text.
+
+    mmengine formats the text with yapf (seconds per call) for the log, the work-dir dump and every
+    checkpoint; mmengine 0.10.7's ``fromfile`` ignores its own ``format_python_code`` for ``.py`` files.
+    """
     from mmengine.config import Config
 
+    cfg = Config.fromfile(str(path))
+    object.__setattr__(cfg, "_format_python_code", False)
+    return cfg
+
+
+def load_config(args: argparse.Namespace):
+    """Read the config, apply ``--cfg-options``, ``--launcher`` and the work dir."""
     if not osp.isfile(args.config):
         raise SystemExit(f"config file not found: {args.config}")
-    cfg = Config.fromfile(args.config)
-    # No yapf pass over the config text (seconds per call; mmengine formats it for the log, the work-dir
-    # dump and every checkpoint). mmengine 0.10.7's fromfile ignores its own format_python_code for .py.
-    object.__setattr__(cfg, "_format_python_code", False)
+    cfg = read_config(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher

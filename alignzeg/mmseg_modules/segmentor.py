@@ -176,10 +176,12 @@ class ZeroShotEncoderDecoder(BaseSegmentor):
         """
         parsed, log_vars = super().parse_losses(losses)
         if not torch.isfinite(parsed.detach()).all():
-            bad = {k: float(v) for k, v in log_vars.items()
-                   if k.startswith("loss") or "loss" in k}
-            bad = {k: v for k, v in bad.items() if not torch.isfinite(torch.tensor(v))} or bad
+            import math
+
             from mmengine.logging import MessageHub
+
+            terms = {k: float(v) for k, v in log_vars.items() if "loss" in k}
+            bad = {k: v for k, v in terms.items() if not math.isfinite(v)} or terms
 
             hub = MessageHub.get_current_instance()
             it = hub.get_info("iter")
