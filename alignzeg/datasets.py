@@ -20,7 +20,7 @@ The pattern follows mmseg's ``BaseSegDataset`` (``datasets/basesegdataset.py``):
 comparing two class lists, so it also expresses the transductive view that keeps ids, and a split
 whose class list differs from the dataset's ``METAINFO`` is an error rather than a silent remap.
 
-``metainfo`` always carries ``classes``, ``palette``, ``seen_classes``, ``unseen_classes``,
+``metainfo`` always carries ``classes``, ``palette``, ``seen_classes``, ``unseen_classes``, ``stuff_classes``,
 ``split_name`` and ``mode``, plus ``all_classes`` (the full label space in label order).
 
 Bad files are named when they are loaded, not discovered as a crash deep in a loss: the loading
@@ -271,7 +271,8 @@ class ZeroShotSegDataset(BaseSegDataset):
         else:
             classes, colours = full, [list(c) for c in palette]
         meta.update(classes=tuple(classes), palette=colours, seen_classes=tuple(split.seen),
-                    unseen_classes=tuple(split.unseen), all_classes=tuple(full))
+                    unseen_classes=tuple(split.unseen), all_classes=tuple(full),
+                    stuff_classes=tuple(split.stuff))
         return meta
 
     def get_label_map(self, new_classes: Sequence | None = None) -> dict | None:

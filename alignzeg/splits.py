@@ -23,6 +23,7 @@ class Split:
     unseen: tuple[str, ...]
     dataset: str = ""
     source: str = ""
+    stuff: tuple[str, ...] = ()   # the amorphous "stuff" classes, where the dataset names them
     seen: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -36,6 +37,9 @@ class Split:
         if len(set(self.unseen)) != len(self.unseen):
             dup = sorted({c for c in self.unseen if self.unseen.count(c) > 1})
             raise ValueError(f"{where}: duplicate names in 'unseen': {dup}")
+        bad_stuff = [c for c in self.stuff if c not in self.classes]
+        if bad_stuff:
+            raise ValueError(f"{where}: stuff classes {bad_stuff} are not in its 'classes'")
         unseen = set(self.unseen)
         object.__setattr__(self, "seen", tuple(c for c in self.classes if c not in unseen))
 
@@ -55,8 +59,11 @@ class Split:
         return [i for i, c in enumerate(self.classes) if c in unseen]
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "dataset": self.dataset, "source": self.source,
-                "classes": list(self.classes), "unseen": list(self.unseen)}
+        out = {"name": self.name, "dataset": self.dataset, "source": self.source,
+               "classes": list(self.classes), "unseen": list(self.unseen)}
+        if self.stuff:
+            out["stuff"] = list(self.stuff)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict, origin: str = "<dict>") -> "Split":
@@ -67,7 +74,7 @@ class Split:
                 raise ValueError(f"{origin}: field {key!r} must be a list of class names")
         return cls(name=str(data.get("name", Path(origin).stem)), classes=tuple(data["classes"]),
                    unseen=tuple(data["unseen"]), dataset=str(data.get("dataset", "")),
-                   source=str(data.get("source", "")))
+                   source=str(data.get("source", "")), stuff=tuple(data.get("stuff") or ()))
 
     def save(self, path: str | Path) -> None:
         from alignzeg.utils import atomic_write_text

@@ -120,6 +120,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "seed": _int(0),
         "num_train": _int(1),
         "num_val": _int(1),
+        "num_test": _int(1),
         "image_size": _int(16, 4096),
     },
     "pretrain_clip": {
@@ -130,7 +131,8 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "crops_per_image": _int(1),
         "region_weight": _float(0.0, 1.0),
         "lr": _float(0.0, 1.0, lo_open=True),
-        "val_fraction": _float(0.0, 1.0, hi_open=True),
+        "num_scenes": _int(1),
+        "num_heldout": _int(1),
     },
     "text_embed": {
         "templates": _str(),

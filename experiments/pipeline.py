@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import os.path as osp
 import itertools
@@ -45,6 +46,8 @@ from experiments.params import load as load_params  # noqa: E402,F401  (public n
 from experiments.params import variant_components as _variant_components  # noqa: E402
 
 FLAT_METRICS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "collapsed")
+# written when defined (the split names its stuff classes)
+OPTIONAL_METRICS = ("mIoU_unseen_stuff", "mIoU_unseen_objects")
 ABLATION = "ablation"
 CHECK_FILE = "params-check.txt"
 _RUN_IDS = itertools.count()
@@ -77,7 +80,8 @@ def config_path(params: dict, name: str, group: str = "") -> Path:
 def method_config(params: dict, method: str, components: dict | None = None):
     """The resolved mmengine Config of a method (or ablation variant): its config file + params.yaml.
 
-    Applies the ``base`` paths (data root, split, CLIP checkpoint), the ``train`` schedule (iterations,
+    Applies the ``base`` paths (data root, split, CLIP checkpoint), the prompt templates
+    (``text_embed.templates``, the same for every method), the ``train`` schedule (iterations,
     warm-up, batch size, checkpoint and log intervals, determinism) and the ablation switches. No
     validation inside training runs (evaluation is its own stage). Has no side effects.
     """
@@ -95,6 +99,8 @@ def method_config(params: dict, method: str, components: dict | None = None):
             cfg[loader].dataset.data_root = base["data_root"]
     cfg.model.split = base["split"]
     cfg.model.backbone.clip.pretrained = base["clip_checkpoint"]
+    # one prompt-template set for every method (text_embed.templates, chosen on val)
+    cfg.model.text = dict(cfg.model.get("text") or {}, templates=params["text_embed"]["templates"])
     if components is not None:
         for comp, on in components.items():
             cfg.model.decode_head[comp] = bool(on)
@@ -102,7 +108,11 @@ def method_config(params: dict, method: str, components: dict | None = None):
     max_iters = int(train["max_iters"])
     cfg.train_cfg.max_iters = max_iters
     cfg.train_cfg.val_interval = max_iters + 1
-    for key in ("val_dataloader", "val_cfg", "val_evaluator"):  # evaluation is its own stage
+    # evaluation is its own stage; the val loader is kept aside for choices made on val
+    # (``evaluate --split val``), every reported number comes from the test loader
+    if cfg.get("val_dataloader") is not None:
+        cfg.val_split_dataloader = copy.deepcopy(cfg.val_dataloader)
+    for key in ("val_dataloader", "val_cfg", "val_evaluator"):
         cfg[key] = None
     cfg.train_dataloader.batch_size = int(train["batch_size"])
     warmup = int(train["warmup_iters"])
@@ -257,8 +267,12 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
 
 
 def evaluate_run(params: dict, name: str, seed: int, group: str = "",
-                 checkpoint: Path | None = None) -> dict:
-    """Evaluate one run on the full vocabulary; write the metric JSON, flat metrics and score samples."""
+                 checkpoint: Path | None = None, split: str = "test") -> dict:
+    """Evaluate one run on the full vocabulary; write the metric JSON, flat metrics and score samples.
+
+    ``split='test'`` (the DVC stages) writes to the run's result folder; ``split='val'`` evaluates the
+    validation images instead, for choices made on val, and writes to ``<result folder>/val``.
+    """
     from mmengine.runner import Runner
 
     from alignzeg.utils import atomic_write_json
@@ -269,8 +283,16 @@ def evaluate_run(params: dict, name: str, seed: int, group: str = "",
     _set_threads(params)
     ev = params["evaluate"]
     out = result_dir(params, name, seed, group)
+    if split == "val":
+        out = out / "val"
+    elif split != "test":
+        raise SystemExit(f"evaluate --split: expected test or val, got {split!r}")
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_run_config(params, name, group)
+    if split == "val":
+        if cfg.get("val_split_dataloader") is None:
+            raise SystemExit(f"{config_path(params, name, group)}: the config has no val_dataloader")
+        cfg.test_dataloader = cfg.val_split_dataloader
     work = run_dir(params, name, seed, group) / "eval"
     cfg.work_dir = str(work)
     cfg.experiment_name = _run_name("eval-", name, seed, group)
@@ -300,6 +322,8 @@ def evaluate_run(params: dict, name: str, seed: int, group: str = "",
         load_strict(runner, checkpoint)
     metrics = runner.test() or {}
     flat = {k: float(metrics[k]) for k in FLAT_METRICS if k in metrics}
+    flat.update({k: float(metrics[k]) for k in OPTIONAL_METRICS
+                 if k in metrics and math.isfinite(float(metrics[k]))})
     missing = [k for k in FLAT_METRICS if k not in flat]
     if missing:
         raise RuntimeError(f"{name}: the evaluator returned no {missing}")
@@ -308,6 +332,70 @@ def evaluate_run(params: dict, name: str, seed: int, group: str = "",
         atomic_write_json(out / "components.json", variant_components(name))
     print(json.dumps({"method": name, "seed": seed, **{k: round(v, 2) for k, v in flat.items()}}))
     return flat
+
+
+def oracle(params: dict, split: str = "test") -> Path:
+    """The ``oracle`` stage: recognition and proposal ceilings (:mod:`alignzeg.evaluation.oracle`).
+
+    Ground-truth segments of the ``split`` images (``base.data_root``: ``images/<split>``,
+    ``annotations/<split>``) classified by the study's CLIP (``base.clip_checkpoint``) against the
+    text embeddings of the study's templates (``base.text_cache``/vocabulary.safetensors). Writes
+    ``<results_dir>/oracle/ceilings.json`` and, per ceiling, ``<ceiling>/zeroshot_metrics.json``.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from alignzeg.clip.model import build_clip
+    from alignzeg.clip.text import load_embeddings
+    from alignzeg.evaluation.confusion import nan_to_none
+    from alignzeg.evaluation.oracle import oracle_ceilings
+    from alignzeg.splits import load_split
+    from alignzeg.utils import atomic_output_dir, atomic_write_json
+
+    _set_threads(params)
+    base = params["base"]
+    split_obj = load_split(base["split"])
+    vocab = Path(base["text_cache"]) / "vocabulary.safetensors"
+    text, info = load_embeddings(vocab)
+    if list(info["names"]) != list(split_obj.classes):
+        raise SystemExit(f"{vocab}: names its embeddings {info['names'][:3]}..., not the classes of "
+                         f"{base['split']} in label order (re-run the text_embed stage)")
+    text = torch.nn.functional.normalize(text.float(), dim=-1)
+    root = Path(base["data_root"])
+    img_dir, ann_dir = root / "images" / split, root / "annotations" / split
+    if not ann_dir.is_dir():
+        raise SystemExit(f"{ann_dir}: no {split} annotations (prepare the data with a {split} split)")
+    images, labels = [], []
+    for ann in sorted(ann_dir.glob("*.png")):
+        cands = [img_dir / (ann.stem + suf) for suf in (".png", ".jpg", ".jpeg")]
+        img = next((c for c in cands if c.is_file()), None)
+        if img is None:
+            raise SystemExit(f"{ann}: no image {ann.stem}.png/.jpg in {img_dir}")
+        images.append(np.asarray(Image.open(img).convert("RGB")))
+        labels.append(np.asarray(Image.open(ann)))
+    if not labels:
+        raise SystemExit(f"{ann_dir}: no annotation files")
+    model = build_clip(None, base["clip_checkpoint"])
+    t0 = time.perf_counter()
+    res = oracle_ceilings(model, np.stack(images), np.stack(labels), text, split_obj.classes,
+                          split_obj.unseen, split_obj.stuff)
+    out = Path(base["results_dir"]) / "oracle"
+    with atomic_output_dir(out) as tmp:
+        for kind in ("recognition", "proposal"):
+            (tmp / kind).mkdir()
+            atomic_write_json(tmp / kind / "zeroshot_metrics.json", nan_to_none(res[kind]))
+        summary = {kind: {k: res[kind][k] for k in ("mIoU_seen", "mIoU_unseen", "hIoU", "mIoU",
+                                                     "mIoU_unseen_stuff", "mIoU_unseen_objects")}
+                   for kind in ("recognition", "proposal")}
+        atomic_write_json(tmp / "ceilings.json", nan_to_none({
+            "split": split, "num_images": len(labels), "num_segments": res["num_segments"],
+            "gamma": res["gamma"], "gamma_curve": res["gamma_curve"], "templates": info["templates"],
+            "seconds": time.perf_counter() - t0, **summary}))
+    print("[pipeline] oracle ceilings on " + split + ": " + "; ".join(
+        f"{k} seen {v['mIoU_seen']:.2f} unseen {v['mIoU_unseen']:.2f} hIoU {v['hIoU']:.2f}"
+        for k, v in summary.items()) + f" (gamma {res['gamma']:+.2f})")
+    return out
 
 
 def link_ablation(params: dict, seed: int) -> None:
@@ -350,11 +438,14 @@ def _name(args, parser) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["check", "configure", "train", "evaluate", "link-ablation",
-                                            "profile"])
+                                            "oracle", "profile"])
     parser.add_argument("profile_file", nargs="?", help="profile: the profile YAML (only what differs)")
     parser.add_argument("--method", help="method name (a key of train.configs)")
     parser.add_argument("--variant", help="ablation variant: add-<c>, drop-<c>")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--split", default="test", choices=["test", "val"],
+                        help="evaluate, oracle: test (reported numbers, the default) or val (for choices "
+                             "made on val)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--dvc-args", action="store_true",
                         help="profile: print `dvc exp run -S` arguments instead of the merged params")
@@ -387,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         check(params, args.params)
         return 0
+    if args.command == "oracle":
+        oracle(params, args.split)
+        return 0
     if args.command == "configure":
         name, group = _name(args, parser)
         print(f"[pipeline] wrote {configure(params, name, group)}")
@@ -402,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         train_run(params, name, args.seed, group)
     else:
-        evaluate_run(params, name, args.seed, group)
+        evaluate_run(params, name, args.seed, group, split=args.split)
     return 0
 
 

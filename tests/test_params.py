@@ -55,7 +55,7 @@ def test_hidden_keys_of_earlier_versions_are_refused():
     ("train", "max_iters", 0, "train.max_iters: must be >= 1, got 0"),
     ("train", "max_iters", "250", "train.max_iters: expected an integer, got '250'"),
     ("train", "deterministic", "yes", "train.deterministic: expected true or false"),
-    ("pretrain_clip", "val_fraction", 1.0, "pretrain_clip.val_fraction: must be < 1.0, got 1.0"),
+    ("pretrain_clip", "num_heldout", 0, "pretrain_clip.num_heldout: must be >= 1, got 0"),
     ("pretrain_clip", "lr", 0, "pretrain_clip.lr: must be > 0.0, got 0"),
     ("base", "seeds", [0, 0], "base.seeds: duplicate entries 0"),
     ("base", "seeds", [], "base.seeds: must not be empty"),

@@ -39,8 +39,8 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> str:
 
 def _tiny_params(params: dict) -> dict:
     params["base"]["seeds"] = [0, 1]
-    params["prepare"].update(num_train=64, num_val=8)
-    params["pretrain_clip"].update(epochs=1, batch_size=16)
+    params["prepare"].update(num_train=64, num_val=8, num_test=8)
+    params["pretrain_clip"].update(epochs=1, batch_size=16, num_scenes=64, num_heldout=16)
     params["train"].update(max_iters=3, warmup_iters=1, batch_size=4, log_interval=1)
     params["ablate"]["variants"] = ["add-fes", "drop-pbc"]
     return params

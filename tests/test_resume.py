@@ -62,9 +62,9 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     data, clip, text = root / "data" / "synthetic", root / "data" / "clip.safetensors", root / "data" / "text"
     assert cli(["prepare", "synthetic", "--out", str(data), "--seed", "0", "--num-train", "24",
-                "--num-val", "6", "--image-size", "64"]) == 0
+                "--num-val", "6", "--num-test", "6", "--image-size", "64"]) == 0
     assert cli(["pretrain-clip", "--data", str(data), "--out", str(clip), "--seed", "0", "--epochs", "1",
-                "--batch-size", "8", "--val-fraction", "0", "--threads", "2", "--no-progress"]) == 0
+                "--batch-size", "8", "--num-scenes", "24", "--num-heldout", "0", "--threads", "2", "--no-progress"]) == 0
     assert cli(["text-embed", "--pretrained", str(clip), "--split", str(data / "split.json"),
                 "--templates", "vild", "--cache-dir", str(text), "--seen-too",
                 "--out", str(text / "vocabulary.safetensors")]) == 0

@@ -136,69 +136,71 @@ class CaptionedImages:
     regions: RegionSet
 
 
-def load_split_data(data: Path, split_name: str, stems: list[str], captions: list[str],
-                    stuff_ids: set[int]):
-    """Read images and annotations of ``stems``; return :class:`CaptionedImages`."""
-    import torch
-    from PIL import Image
+def generated_split_data(meta: dict, stream: str, count: int, stuff_ids: set[int]) -> CaptionedImages:
+    """``count`` captioned scenes of the generator stream ``stream`` ("clip" or "clip-heldout").
 
-    imgs, r_img, r_box, r_lab = [], [], [], []
-    for i, stem in enumerate(stems):
-        ip = data / "images" / split_name / f"{stem}.png"
-        ap = data / "annotations" / split_name / f"{stem}.png"
-        for p in (ip, ap):
-            if not p.exists():
-                raise FileNotFoundError(f"{p} is missing (listed in {data / 'captions' / (split_name + '.jsonl')})")
-        img = np.asarray(Image.open(ip).convert("RGB"))
-        lab = np.asarray(Image.open(ap))
-        if lab.ndim != 2 or lab.shape != img.shape[:2]:
-            raise ValueError(f"{ap}: expected a single-channel label map of shape {img.shape[:2]}, got {lab.shape}")
-        imgs.append(img)
-        for c, box in find_regions(lab, stuff_ids):
+    The scenes come from :func:`alignzeg.data.synthetic.make_example` with the dataset's own seed,
+    image size and object counts (``meta.json``), but from generator streams that no segmentation
+    split uses, so the tiny CLIP never sees a train, val or test image of the benchmark.
+    """
+    import torch
+
+    from alignzeg.data.synthetic import make_example
+
+    imgs, caps, stems, r_img, r_box, r_lab = [], [], [], [], [], []
+    for i in range(count):
+        ex = make_example(int(meta["seed"]), stream, i, int(meta["image_size"]),
+                          int(meta["min_objects"]), int(meta["max_objects"]))
+        imgs.append(ex["image"])
+        caps.append(ex["caption"])
+        stems.append(f"{stream}_{i:06d}")
+        for c, box in find_regions(ex["label"], stuff_ids):
             r_img.append(i)
             r_box.append(box)
             r_lab.append(c)
-    if not imgs:  # e.g. --val-fraction 0: nothing held out
+    if not imgs:  # e.g. --num-heldout 0: nothing held out
         return CaptionedImages([], torch.zeros((0, 3, 0, 0), dtype=torch.uint8), [],
                                RegionSet(np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0, np.int64)))
     images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
     regions = RegionSet(np.asarray(r_img, dtype=np.int64), np.asarray(r_box, dtype=np.float64).reshape(-1, 4),
                         np.asarray(r_lab, dtype=np.int64))
-    return CaptionedImages(list(stems), images, list(captions), regions)
+    return CaptionedImages(stems, images, caps, regions)
 
 
-def read_dataset(data: str | Path, val_fraction: float):
-    """Split, train part and held-out part of ``DIR`` (see the module docstring)."""
+GENERATOR_KEYS = ("seed", "image_size", "min_objects", "max_objects", "generator_version")
+
+
+def read_dataset(data: str | Path, num_scenes: int, num_heldout: int):
+    """Split, pre-training scenes and held-out scenes for the synthetic benchmark in ``DIR``.
+
+    ``DIR/split.json`` gives the class list and ``DIR/meta.json`` the generator settings; the images
+    are generated (see :func:`generated_split_data`), none is read from ``DIR``.
+    """
+    from alignzeg.data.synthetic import GENERATOR_VERSION
     from alignzeg.splits import load_split
 
     data = Path(data)
-    split_file = data / "split.json"
-    cap_file = data / "captions" / "train.jsonl"
-    for p in (split_file, cap_file):
+    split_file, meta_file = data / "split.json", data / "meta.json"
+    for p in (split_file, meta_file):
         if not p.exists():
             raise FileNotFoundError(f"{p} is missing: --data must be a folder written by "
                                     "'alignzeg prepare synthetic'")
     split = load_split(split_file)
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    rows = []
-    for n, line in enumerate(cap_file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            rows.append((str(row["image"]), str(row["caption"])))
-        except (ValueError, KeyError) as err:
-            raise ValueError(f"{cap_file}:{n}: expected JSON with 'image' and 'caption' ({err})") from err
-    rows.sort()
-    n_val = int(round(val_fraction * len(rows)))
-    if len(rows) - n_val < 1:
-        raise ValueError(f"{cap_file}: {len(rows)} captioned images leave nothing to train on "
-                         f"with --val-fraction {val_fraction}")
+    meta = json.loads(meta_file.read_text())
+    missing = [k for k in GENERATOR_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"{meta_file}: no generator settings {missing}; the tiny CLIP pre-trains on scenes "
+                         "of the synthetic generator ('alignzeg prepare synthetic' writes them)")
+    if meta["generator_version"] != GENERATOR_VERSION:
+        raise ValueError(f"{meta_file}: written by generator version {meta['generator_version']}, this code "
+                         f"has version {GENERATOR_VERSION}; re-run 'alignzeg prepare synthetic'")
+    if num_scenes < 1:
+        raise ValueError(f"--num-scenes must be at least 1, got {num_scenes}")
+    if num_heldout < 0:
+        raise ValueError(f"--num-heldout must be at least 0, got {num_heldout}")
     stuff_ids = _stuff_ids(data, split)
-    train_rows, val_rows = rows[: len(rows) - n_val], rows[len(rows) - n_val:]
-    train = load_split_data(data, "train", [r[0] for r in train_rows], [r[1] for r in train_rows], stuff_ids)
-    held = load_split_data(data, "train", [r[0] for r in val_rows], [r[1] for r in val_rows], stuff_ids)
+    train = generated_split_data(meta, "clip", num_scenes, stuff_ids)
+    held = generated_split_data(meta, "clip-heldout", num_heldout, stuff_ids)
     return split, train, held
 
 
@@ -311,7 +313,8 @@ def epoch_plan(seed: int, epoch: int, n_images: int, n_regions: int, batch_size:
 # --------------------------------------------------------------------------------------------------
 # evaluation
 # --------------------------------------------------------------------------------------------------
-def evaluate(model, tokenizer, split, held: CaptionedImages, image_size: int, batch: int = 256) -> dict:
+def evaluate(model, tokenizer, split, held: CaptionedImages, image_size: int, stuff_ids=(),
+             batch: int = 256) -> dict:
     """Held-out zero-shot accuracy of text prompts on region crops (seen / unseen) and scene recall."""
     import torch
 
@@ -321,8 +324,9 @@ def evaluate(model, tokenizer, split, held: CaptionedImages, image_size: int, ba
     with torch.no_grad():
         text = model.encode_text(tokenizer([PROMPT.format(c) for c in classes]), normalize=True)
         reg = held.regions
-        preds, preds_u = [], []
+        preds, preds_u, preds_shape = [], [], []
         uid = sorted(unseen_ids)
+        groups = same_colour_groups(classes, stuff_ids)
         for s in range(0, len(reg), batch):
             sl = slice(s, s + batch)
             imgs = held.images[torch.from_numpy(reg.image[sl])].float()
@@ -330,9 +334,18 @@ def evaluate(model, tokenizer, split, held: CaptionedImages, image_size: int, ba
             emb = model.encode_image(_normalise(crops), normalize=True)
             logits = emb @ text.t()
             preds.append(logits.argmax(1).numpy())
+            # shape only: the best class among those of the region's own colour
+            lab = reg.label[sl]
+            shape_pred = np.full(len(lab), -1, np.int64)
+            for k, c in enumerate(lab):
+                g = groups.get(int(c))
+                if g is not None:
+                    shape_pred[k] = g[int(logits[k, g].argmax())]
+            preds_shape.append(shape_pred)
             if uid:
                 preds_u.append(np.asarray(uid)[logits[:, uid].argmax(1).numpy()])
         pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+        pred_shape = np.concatenate(preds_shape) if preds_shape else np.zeros(0, np.int64)
         pred_u = np.concatenate(preds_u) if preds_u else np.zeros(0, np.int64)
         gt = reg.label
         is_u = np.isin(gt, list(unseen_ids))
@@ -361,6 +374,9 @@ def evaluate(model, tokenizer, split, held: CaptionedImages, image_size: int, ba
             sim = torch.cat(img_emb) @ torch.cat(cap_emb).t()
             r1 = float((sim.argmax(1) == torch.arange(sim.shape[0])).float().mean() * 100)
     u_mask = is_u
+    is_obj = np.isin(gt, list(groups))
+    class_accs = [c["acc"] for c in per_class if c["acc"] is not None]
+    colour_of = {c: classes[c].split(" ", 1)[0] for c in groups}
     return _nan_to_none({
         "prompt": PROMPT,
         "vocabulary": "all classes",
@@ -372,6 +388,16 @@ def evaluate(model, tokenizer, split, held: CaptionedImages, image_size: int, ba
         "acc_all": acc(np.ones_like(u_mask)),
         "mean_class_acc_seen": mean_class(~u_mask),
         "mean_class_acc_unseen": mean_class(u_mask),
+        "min_class_acc": min(class_accs) if class_accs else float("nan"),
+        "min_class": (per_class[int(np.argmin([c["acc"] if c["acc"] is not None else np.inf
+                                               for c in per_class]))]["class"] if class_accs else None),
+        "acc_stuff": acc(~is_obj),
+        "acc_objects": acc(is_obj),
+        "acc_shape_only": (float((pred_shape[is_obj] == gt[is_obj]).mean() * 100) if is_obj.any()
+                           else float("nan")),
+        "acc_colour_only": (float(np.mean([colour_of.get(int(p)) == colour_of[int(g)]
+                                           for p, g in zip(pred[is_obj], gt[is_obj])]) * 100)
+                            if is_obj.any() else float("nan")),
         "acc_unseen_within_unseen_vocab": (float((pred_u[u_mask] == gt[u_mask]).mean() * 100)
                                            if u_mask.any() and len(pred_u) else float("nan")),
         "chance_acc_within_unseen_vocab": 100.0 / len(uid) if uid else float("nan"),
@@ -381,6 +407,19 @@ def evaluate(model, tokenizer, split, held: CaptionedImages, image_size: int, ba
         "confusion": np.bincount(gt * len(classes) + pred, minlength=len(classes) ** 2)
                        .reshape(len(classes), len(classes)).tolist(),
     })
+
+
+def same_colour_groups(classes: list[str], stuff_ids) -> dict[int, list[int]]:
+    """For each object class id, the ids of all object classes of its colour (its first word).
+
+    The shape-only accuracy of the report classifies an object crop among these classes: the colour
+    is given, only the shape decides.
+    """
+    by_colour: dict[str, list[int]] = {}
+    for i, name in enumerate(classes):
+        if i not in stuff_ids and " " in name:
+            by_colour.setdefault(name.split(" ", 1)[0], []).append(i)
+    return {i: ids for ids in by_colour.values() if len(ids) > 1 for i in ids}
 
 
 def _nan_to_none(d: dict) -> dict:
@@ -414,7 +453,8 @@ def _signature(args, data_meta: dict) -> dict:
             "data_seed": data_meta.get("seed"), "num_images": data_meta.get("num_images"),
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "weight_decay": args.weight_decay, "warmup": args.warmup, "seed": args.seed,
-            "val_fraction": args.val_fraction, "crops_per_image": args.crops_per_image,
+            "num_scenes": args.num_scenes, "num_heldout": args.num_heldout,
+            "generator": {k: data_meta.get(k) for k in GENERATOR_KEYS}, "crops_per_image": args.crops_per_image,
             "region_weight": args.region_weight}
 
 
@@ -440,7 +480,8 @@ def train_clip(args):
     meta_file = data / "meta.json"
     data_meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
 
-    split, train_set, held = read_dataset(data, args.val_fraction)
+    split, train_set, held = read_dataset(data, args.num_scenes, args.num_heldout)
+    stuff_ids = _stuff_ids(data, split)
     cfg = json.loads(json.dumps(TINY_CLIP_CONFIG))
     image_size = int(cfg["vision_cfg"]["image_size"])
     if train_set.images.shape[-1] != image_size or train_set.images.shape[-2] != image_size:
@@ -532,8 +573,15 @@ def train_clip(args):
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        history.append({"epoch": epoch + 1, **{k: v / len(plan) for k, v in sums.items()},
-                        "logit_scale": float(model.logit_scale.detach().exp()), "seconds": time.perf_counter() - t_epoch})
+        entry = {"epoch": epoch + 1, **{k: v / len(plan) for k, v in sums.items()},
+                 "logit_scale": float(model.logit_scale.detach().exp()), "seconds": time.perf_counter() - t_epoch}
+        if len(held.regions) and args.eval_every and (epoch + 1) % args.eval_every == 0 and epoch + 1 < args.epochs:
+            m = evaluate(model, tokenizer, split, held, image_size, stuff_ids)
+            entry["heldout"] = {k: m[k] for k in ("acc_seen", "acc_unseen", "acc_shape_only", "min_class_acc")}
+            print(f"pretrain-clip epoch {epoch + 1}/{args.epochs}: held-out region accuracy seen "
+                  f"{m['acc_seen']:.1f} %, unseen {m['acc_unseen']:.1f} %, shape-only {m['acc_shape_only']:.1f} %",
+                  flush=True)
+        history.append(entry)
         buf = io.BytesIO()
         torch.save({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "signature": json.dumps(signature), "history": json.dumps(history)}, buf)
@@ -542,7 +590,7 @@ def train_clip(args):
         bar.close()
 
     t_eval = time.perf_counter()
-    metrics = evaluate(model, tokenizer, split, held, image_size)
+    metrics = evaluate(model, tokenizer, split, held, image_size, stuff_ids)
     eval_seconds = time.perf_counter() - t_eval
     model.eval()
     save_clip(model, cfg, out)
@@ -584,9 +632,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices only)")
     parser.add_argument("--warmup", type=float, default=0.1, help="warm-up as a fraction of all steps")
     parser.add_argument("--seed", type=int, default=0, help="random seed (model init, data order, augmentation)")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="fraction of the training images held out for the zero-shot report")
+    parser.add_argument("--num-scenes", type=int, default=3000,
+                        help="pre-training scenes, generated from a stream no benchmark split uses")
+    parser.add_argument("--num-heldout", type=int, default=300,
+                        help="held-out scenes (another unused stream) for the zero-shot report")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="also report held-out accuracy after every N-th epoch (0: only at the end)")
     parser.add_argument("--no-resume", action="store_true", help="ignore (and overwrite) FILE.partial")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -50,9 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
-STUFF: tuple[str, ...] = ("grass", "water", "sand", "brick wall", "sky")
+STUFF: tuple[str, ...] = ("grass", "water", "sand", "brick wall", "sky", "snow", "wood", "gravel", "tiles", "road")
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (205, 35, 35),
     "orange": (240, 135, 25),
@@ -65,15 +65,20 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
 
 # One object per colour, shapes spread so each unseen colour/shape stays common among seen classes.
 DEFAULT_UNSEEN: tuple[str, ...] = (
-    "sand", "red triangle", "orange ring", "yellow cross", "green square", "blue circle",
-    "purple triangle")
+    "sand", "snow", "wood", "road",
+    "red triangle", "orange ring", "yellow cross", "green square", "blue circle", "purple triangle",
+    "red cross")
+# Default number of objects per scene and their radius range (fraction of the image side).
+MIN_OBJECTS, MAX_OBJECTS = 2, 5
+RADIUS_RANGE = (0.13, 0.26)
 
 # How a stuff class is written in captions (the class name is always a substring).
 _STUFF_PHRASE = {"grass": "grass", "water": "water", "sand": "sand", "brick wall": "a brick wall",
-                 "sky": "the sky"}
+                 "sky": "the sky", "snow": "snow", "wood": "wood", "gravel": "gravel",
+                 "tiles": "tiles", "road": "a road"}
 _TEMPLATES = ("{objects} on {stuff}.", "a photo of {objects} on {stuff}.",
               "a picture of {objects} in front of {stuff}.")
-_SPLIT_IDS = {"train": 0, "val": 1}
+_SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "clip": 3, "clip-heldout": 4}
 MAX_HIDDEN_FRACTION = 0.4
 
 
@@ -248,6 +253,53 @@ def stuff_texture(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
         tex = top * (1 - t) + bottom * t + jitter
         cloud = np.clip(_smooth_noise(rng, size, 4) * 0.8 - 0.3, 0.0, 1.0)[..., None]
         tex = tex * (1 - cloud) + np.array([245.0, 245.0, 248.0]) * cloud
+    elif name == "snow":  # near-white, bluish shadows, soft drifts and sparkles
+        drift = _smooth_noise(rng, size, 3)
+        shade = 10 * drift + 4 * rng.standard_normal((size, size))
+        base = np.array([228.0, 234.0, 242.0]) + jitter * 0.5
+        tex = base + shade[..., None] * np.array([1.0, 1.0, 0.6])
+        sparkle = rng.random((size, size)) < 0.02
+        tex[sparkle] = 252.0
+    elif name == "wood":  # brown planks with horizontal grain and dark seams
+        ph = int(rng.integers(9, 14))
+        oy = rng.integers(0, ph)
+        plank = ((ys - 0.5 + oy) // ph).astype(np.int64)
+        plank_shade = rng.normal(0.0, 12.0, size=plank.max() + 2)[plank]
+        freq, phase = rng.uniform(0.8, 1.4), rng.uniform(0, 2 * np.pi)
+        grain = np.sin(freq * (ys + 2.5 * _smooth_noise(rng, size, 2)) * 2.0 + phase
+                       + 0.15 * xs * rng.uniform(-0.2, 0.2))
+        seam = (ys - 0.5 + oy) % ph < 1
+        base = np.array([150.0, 100.0, 58.0]) + jitter
+        tex = base + (plank_shade + 16 * grain + 4 * rng.standard_normal((size, size)))[..., None] \
+            * np.array([1.0, 0.8, 0.55])
+        tex[seam] = np.array([75.0, 48.0, 28.0]) + jitter
+    elif name == "gravel":  # grey pebbles: blocky cells of random brightness with dark gaps
+        cell = int(rng.integers(3, 5))
+        oy, ox = rng.integers(0, cell, size=2)
+        gy = ((ys - 0.5 + oy) // cell).astype(np.int64)
+        gx = ((xs - 0.5 + ox) // cell).astype(np.int64)
+        pebble = rng.normal(0.0, 24.0, size=(gy.max() + 2, gx.max() + 2))[gy, gx]
+        gap = ((ys - 0.5 + oy) % cell < 0.9) & (rng.random((size, size)) < 0.6)
+        base = np.array([128.0, 124.0, 118.0]) + jitter * 0.6
+        tex = base + (pebble + 5 * rng.standard_normal((size, size)))[..., None]
+        tex[gap] = tex[gap] * 0.55
+    elif name == "tiles":  # cream square tiles on a grid with grey grout
+        t = int(rng.integers(7, 11))
+        oy, ox = rng.integers(0, t, size=2)
+        ty = ((ys - 0.5 + oy) // t).astype(np.int64)
+        tx = ((xs - 0.5 + ox) // t).astype(np.int64)
+        tile_shade = rng.normal(0.0, 7.0, size=(ty.max() + 2, tx.max() + 2))[ty, tx]
+        grout = ((ys - 0.5 + oy) % t < 1) | ((xs - 0.5 + ox) % t < 1)
+        base = np.array([222.0, 212.0, 185.0]) + jitter
+        tex = base + (tile_shade + 3 * rng.standard_normal((size, size)))[..., None]
+        tex[grout] = np.array([120.0, 120.0, 125.0]) + jitter
+    elif name == "road":  # dark asphalt with fine grain and a dashed white line
+        shade = 9 * rng.standard_normal((size, size)) + 6 * _smooth_noise(rng, size, 3)
+        base = np.array([62.0, 62.0, 68.0]) + jitter * 0.5
+        tex = base + shade[..., None]
+        ly, dash, off = rng.uniform(0.25, 0.75) * size, rng.uniform(8.0, 14.0), rng.uniform(0.0, 14.0)
+        line = (np.abs(ys - ly) < 1.5) & (((xs + off) // dash) % 2 == 0)
+        tex[line] = np.array([235.0, 235.0, 230.0])
     else:
         raise ValueError(f"stuff_texture: unknown stuff class {name!r} (known: {', '.join(STUFF)})")
     return tex
@@ -280,7 +332,7 @@ def render(spec: SceneSpec, rng: np.random.Generator, size: int) -> tuple[np.nda
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), label_map(spec, size)
 
 
-def sample_scene(rng: np.random.Generator, size: int, min_objects: int = 1, max_objects: int = 4,
+def sample_scene(rng: np.random.Generator, size: int, min_objects: int = MIN_OBJECTS, max_objects: int = MAX_OBJECTS,
                  max_tries: int = 20) -> SceneSpec:
     """Draw a random scene layout (see the module docstring for the scene model)."""
     two = rng.random() < 0.5
@@ -301,7 +353,7 @@ def sample_scene(rng: np.random.Generator, size: int, min_objects: int = 1, max_
     for ci in chosen:
         colour, shape = objs[int(ci)].split(" ", 1)
         for _ in range(max_tries):
-            r = rng.uniform(0.09, 0.20) * size
+            r = rng.uniform(*RADIUS_RANGE) * size
             cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
             angle = rng.uniform(-0.35, 0.35) if shape in ("square", "triangle", "cross") else 0.0
             m = shape_mask(shape, cx, cy, r, angle, size)
@@ -334,8 +386,8 @@ def caption(labels: list[str], rng: np.random.Generator) -> str:
     return template.format(objects=obj_text, stuff=stuff_text)
 
 
-def make_example(seed: int, split: str, index: int, size: int = 64, min_objects: int = 1,
-                 max_objects: int = 4) -> dict:
+def make_example(seed: int, split: str, index: int, size: int = 64, min_objects: int = MIN_OBJECTS,
+                 max_objects: int = MAX_OBJECTS) -> dict:
     """One generated example: image, label, caption, labels (names in label order), scene spec."""
     rng = np.random.default_rng([int(seed), _SPLIT_IDS[split], int(index)])
     spec = sample_scene(rng, size, min_objects, max_objects)
@@ -344,6 +396,24 @@ def make_example(seed: int, split: str, index: int, size: int = 64, min_objects:
     present = [names[i] for i in np.unique(label)]
     return {"image": image, "label": label, "caption": caption(present, rng), "labels": present,
             "spec": spec}
+
+
+def unseen_pixel_share(names, unseen, stats: dict) -> dict:
+    """Per split: each unseen class's share of that split's unseen pixels, and the largest one.
+
+    The default unseen set is chosen so that no single class dominates the unseen metric (the largest
+    share stays well under 30 % of unseen test pixels; the measured value is in ``meta.json``).
+    """
+    out = {}
+    ids = [names.index(u) for u in unseen]
+    for sp, st in stats.items():
+        px = np.asarray(st["pixels"], dtype=np.float64)[ids]
+        total = px.sum()
+        shares = {u: (float(p / total) if total else 0.0) for u, p in zip(unseen, px)}
+        top = max(shares, key=shares.get) if shares else None
+        out[sp] = {"unseen_fraction_of_pixels": float(total / max(1.0, sum(st["pixels"]))),
+                   "max_class": top, "max_share": shares.get(top, 0.0) if top else 0.0, "shares": shares}
+    return out
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
@@ -359,7 +429,8 @@ def default_split_name(num_classes: int, num_unseen: int) -> str:
 
 
 def generate(out: str | Path, *, seed: int = 0, num_train: int = 3000, num_val: int = 300,
-             image_size: int = 64, unseen=DEFAULT_UNSEEN, min_objects: int = 1, max_objects: int = 4,
+             num_test: int = 0, image_size: int = 64, unseen=DEFAULT_UNSEEN, min_objects: int = MIN_OBJECTS,
+             max_objects: int = MAX_OBJECTS,
              progress: bool = False) -> dict:
     """Write the benchmark to ``out`` atomically; return the ``meta.json`` dict."""
     from alignzeg.data.prepare.common import PrepareError
@@ -369,9 +440,9 @@ def generate(out: str | Path, *, seed: int = 0, num_train: int = 3000, num_val: 
     # PrepareError (a ValueError): `alignzeg prepare synthetic` prints it as a message, not a traceback.
     if image_size < 16:
         raise PrepareError(f"--image-size: must be at least 16 pixels, got {image_size}")
-    if num_train < 1 or num_val < 0:
-        raise PrepareError(f"--num-train/--num-val: need num_train >= 1 and num_val >= 0, got "
-                           f"{num_train}/{num_val}")
+    if num_train < 1 or num_val < 0 or num_test < 0:
+        raise PrepareError(f"--num-train/--num-val/--num-test: need num_train >= 1, num_val >= 0 and "
+                           f"num_test >= 0, got {num_train}/{num_val}/{num_test}")
     if not 1 <= min_objects <= max_objects <= len(object_classes()):
         raise PrepareError(f"--min-objects/--max-objects: need 1 <= min <= max <= {len(object_classes())}, "
                            f"got {min_objects}/{max_objects}")
@@ -384,7 +455,7 @@ def generate(out: str | Path, *, seed: int = 0, num_train: int = 3000, num_val: 
     if repeated:
         raise PrepareError(f"--unseen: class names given more than once: {repeated}")
     split = Split(name=default_split_name(len(names), len(unseen)), classes=tuple(names), unseen=unseen,
-                  dataset="synthetic",
+                  dataset="synthetic", stuff=tuple(STUFF),
                   source=f"alignzeg.data.synthetic v{GENERATOR_VERSION} (stuff first, then colour-major "
                          f"colour x shape objects)")
     violations = coverage_violations(unseen)
@@ -392,6 +463,8 @@ def generate(out: str | Path, *, seed: int = 0, num_train: int = 3000, num_val: 
         print(f"warning: --unseen: the colour or shape of {violations} occurs in no seen class; "
               "zero-shot transfer to them is not expected")
     counts = {"train": num_train, "val": num_val}
+    if num_test:
+        counts["test"] = num_test
     tqdm = None
     if progress:
         from tqdm import tqdm
@@ -439,6 +512,7 @@ def generate(out: str | Path, *, seed: int = 0, num_train: int = 3000, num_val: 
             "unseen_coverage_ok": not violations,
             "class_stats": {n: {sp: {"pixels": stats[sp]["pixels"][i], "images": stats[sp]["images"][i]}
                                 for sp in counts} for i, n in enumerate(names)},
+            "unseen_pixel_share": unseen_pixel_share(names, unseen, stats),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     meta["seconds"] = time.perf_counter() - start
@@ -452,10 +526,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed => identical files)")
     parser.add_argument("--num-train", type=int, default=3000, help="number of training images")
-    parser.add_argument("--num-val", type=int, default=300, help="number of validation images")
+    parser.add_argument("--num-val", type=int, default=300,
+                        help="number of validation images (hyper-parameters are chosen on these)")
+    parser.add_argument("--num-test", type=int, default=0,
+                        help="number of test images (reported numbers); 0 writes no test split")
     parser.add_argument("--image-size", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--min-objects", type=int, default=1, help="fewest objects per scene")
-    parser.add_argument("--max-objects", type=int, default=4, help="most objects per scene")
+    parser.add_argument("--min-objects", type=int, default=MIN_OBJECTS, help="fewest objects per scene")
+    parser.add_argument("--max-objects", type=int, default=MAX_OBJECTS, help="most objects per scene")
     parser.add_argument("--unseen", nargs="+", default=None, metavar="NAME",
                         help="unseen class names (quote names with spaces; commas also separate); "
                              f"default: {', '.join(DEFAULT_UNSEEN)}")
@@ -473,9 +550,11 @@ def _parse_unseen(values) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     meta = generate(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
+                    num_test=getattr(args, "num_test", 0),
                     image_size=args.image_size, unseen=_parse_unseen(args.unseen),
                     min_objects=args.min_objects, max_objects=args.max_objects,
                     progress=not getattr(args, "no_progress", False))
-    print(f"wrote {args.out}: {meta['num_images']['train']} train + {meta['num_images']['val']} val images, "
+    counts = " + ".join(f"{n} {sp}" for sp, n in meta["num_images"].items())
+    print(f"wrote {args.out}: {counts} images, "
           f"{meta['num_classes']} classes ({len(meta['unseen'])} unseen) in {meta['seconds']:.1f} s")
     return 0

@@ -21,6 +21,8 @@ Acc NaN. All returned numbers are percentages (0..100) and unrounded.
 * ``aAcc`` pixel accuracy over all non-ignored pixels.
 * ``unseen_to_seen`` share of unseen-class ground-truth pixels predicted as any seen class: the
   seen-class bias that AlignZeg's predictive bias correction targets. NaN without unseen pixels.
+* ``mIoU_unseen_stuff`` / ``mIoU_unseen_objects`` the unseen mIoU over the unseen stuff classes and
+  over the other unseen classes, where the split names its stuff classes (NaN otherwise).
 * ``collapsed`` 1.0 when the predictions have collapsed (:func:`collapse_report`), else 0.0: such a
   run is a bug to explain, not a row to average, and every table flags it.
 """
@@ -31,7 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-METRIC_KEYS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "collapsed")
+METRIC_KEYS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "mIoU_unseen_stuff",
+               "mIoU_unseen_objects", "collapsed")
 # A run has collapsed when one class takes this share of the labelled pixels although its ground truth
 # covers less than half of it, or when the seen or the unseen mIoU is below COLLAPSE_MIN_MIOU.
 COLLAPSE_TOP_SHARE = 0.5
@@ -103,11 +106,13 @@ def harmonic_iou(seen: float, unseen: float) -> float:
     return 2.0 * seen * unseen / (seen + unseen)
 
 
-def metrics_from_confusion(matrix, classes: Sequence[str], unseen: Sequence[str]) -> dict:
+def metrics_from_confusion(matrix, classes: Sequence[str], unseen: Sequence[str],
+                           stuff: Sequence[str] = ()) -> dict:
     """Zero-shot metrics from a full-label-space confusion matrix (see the module docstring).
 
     ``classes`` names the matrix rows/columns in label order; ``unseen`` lists the unseen class names
-    (each must be in ``classes``); all other classes are seen. Returns
+    (each must be in ``classes``); all other classes are seen; ``stuff`` optionally names the stuff
+    classes (for the unseen-stuff / unseen-object breakdown). Returns
     ``{"mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "collapsed", "per_class",
     "confusion", "collapse"}`` with ``per_class`` a list of ``{"class", "split", "IoU", "Acc", "gt_pixels", "pred_pixels"}`` and
     ``confusion`` = ``{"classes": [...], "matrix": [[int, ...], ...]}``.
@@ -138,6 +143,9 @@ def metrics_from_confusion(matrix, classes: Sequence[str], unseen: Sequence[str]
     total = int(m.sum())
     seen_miou = _nanmean(iou[~is_unseen])
     unseen_miou = _nanmean(iou[is_unseen])
+    is_stuff = np.array([c in set(stuff) for c in classes], dtype=bool)
+    unseen_stuff = _nanmean(iou[is_unseen & is_stuff]) if len(stuff) else float("nan")
+    unseen_objects = _nanmean(iou[is_unseen & ~is_stuff]) if len(stuff) else float("nan")
     unseen_gt = int(m[is_unseen].sum())
     unseen_as_seen = int(m[np.ix_(is_unseen, ~is_unseen)].sum())
     return {
@@ -147,6 +155,8 @@ def metrics_from_confusion(matrix, classes: Sequence[str], unseen: Sequence[str]
         "hIoU": harmonic_iou(seen_miou, unseen_miou),
         "aAcc": 100.0 * float(tp.sum()) / total if total else float("nan"),
         "unseen_to_seen": 100.0 * unseen_as_seen / unseen_gt if unseen_gt else float("nan"),
+        "mIoU_unseen_stuff": unseen_stuff,
+        "mIoU_unseen_objects": unseen_objects,
         "per_class": [
             {"class": c, "split": "unseen" if is_unseen[i] else "seen", "IoU": float(iou[i]),
              "Acc": float(acc[i]), "gt_pixels": int(gt_pixels[i]), "pred_pixels": int(pred_pixels[i])}

@@ -162,7 +162,11 @@ class ZeroShotIoUMetric(BaseMetric):
                 raise ValueError(f"ZeroShotIoUMetric: collected matrix of shape {part.shape}, expected "
                                  f"{matrix.shape}")
             matrix += part
-        metrics = metrics_from_confusion(matrix, classes, unseen)
+        if self._split_obj is not None:
+            stuff = list(self._split_obj.stuff)
+        else:
+            stuff = list((self.dataset_meta or {}).get("stuff_classes") or ())
+        metrics = metrics_from_confusion(matrix, classes, unseen, [c for c in stuff if c in classes])
         logger: MMLogger = MMLogger.get_current_instance()
         print_log("zero-shot per-class results:\n" + format_table(metrics), logger=logger)
         if self.output_dir is not None:

@@ -62,18 +62,20 @@ __all__ = [
     "sample_beta", "mixup_virtual_features", "soft_cross_entropy", "background_logit",
     "background_regulariser", "apply_bias_correction", "semantic_inference", "indicator_targets",
     "QueryDecoderLayer", "SideAdapterParent", "AlignZeg", "DEFAULT_FES", "DEFAULT_BDS", "DEFAULT_PBC",
-    "DEFAULT_LOSS",
+    "DEFAULT_LOSS", "LABEL_RULES", "UNSEEN_LOCATION_RULES",
 ]
 
 # Defaults of every reconstructed choice (see the README's "Reconstruction notes").
 DEFAULT_FES = dict(alpha=1.0, num_virtual=None)
 DEFAULT_BDS = dict(num_prototypes=4, reduce="max")
-DEFAULT_PBC = dict(hidden_dims=128, label_rule="virtual+ignore", ignore_ratio=0.5, mask_threshold=0.5,
+DEFAULT_PBC = dict(hidden_dims=128, label_rule="virtual", ignore_ratio=0.5, mask_threshold=0.5,
                    detach_input=True, threshold=0.5, strength=2.0)
 DEFAULT_LOSS = dict(bc=1.0, cls=2.0, mask=5.0, dice=5.0, vir=1.0, reg=1.0, eos_coef=0.1,
                     num_points=12544, oversample_ratio=3.0, importance_sample_ratio=0.75,
                     cost_class=2.0, cost_mask=5.0, cost_dice=5.0)
 LABEL_RULES = ("virtual", "ignore", "virtual+ignore")
+# Label rules whose positives come from where the (ignored) unseen pixels lie: not strictly inductive.
+UNSEEN_LOCATION_RULES = ("ignore", "virtual+ignore")
 
 
 # ================================================================================ pure functions
@@ -524,8 +526,11 @@ class AlignZeg(SideAdapterParent):
         bds: Background Diversity Strategy. ``bds_cfg``: ``num_prototypes`` K (≥ 2 when on),
             ``reduce`` (``'max'`` | ``'logsumexp'``, see :func:`background_logit`). Off = one prototype.
         pbc: Predictive Bias Correction. ``pbc_cfg``: ``hidden_dims`` of the indicator MLP,
-            ``label_rule`` (``'virtual'`` | ``'ignore'`` | ``'virtual+ignore'``; ``virtual`` parts
-            need ``fes``; see :func:`indicator_targets`), ``ignore_ratio``, ``mask_threshold``,
+            ``label_rule`` (``'virtual'``, the strictly inductive default: positives are mixed seen
+            embeddings, made as FES makes them even when ``fes`` is off; ``'ignore'`` and
+            ``'virtual+ignore'`` also label proposals on ignore pixels, that is on where the unseen
+            pixels lie: the "uses unseen locations" variant, see :func:`indicator_targets`),
+            ``ignore_ratio``, ``mask_threshold``,
             ``detach_input`` (indicator trained on detached embeddings, so L_bc does not move the
             classifier's space), ``threshold`` τ and ``strength`` β of :func:`apply_bias_correction`.
         loss: also ``bc`` (λ_bc), ``vir`` (λ3), ``reg`` (λ4).
@@ -547,9 +552,6 @@ class AlignZeg(SideAdapterParent):
             rule = pbc_cfg["label_rule"]
             if rule not in LABEL_RULES:
                 raise ValueError(f"pbc_cfg.label_rule must be one of {LABEL_RULES}, got {rule!r}")
-            if rule == "virtual" and not fes:
-                raise ValueError("pbc_cfg.label_rule='virtual' needs fes=True (virtual features are its "
-                                 "positives); use 'ignore' or 'virtual+ignore'")
         if fes and not fes_cfg["alpha"] > 0:
             raise ValueError(f"fes_cfg.alpha must be > 0, got {fes_cfg['alpha']}")
         super().__init__(*args, mrpe=mrpe, num_bg_prototypes=int(bds_cfg["num_prototypes"]) if bds else 1,
@@ -603,10 +605,15 @@ class AlignZeg(SideAdapterParent):
         emb = torch.cat(matched) if matched else z.new_zeros((0, z.shape[-1]))
         lab = torch.cat(matched_labels) if matched_labels else torch.zeros(0, dtype=torch.long, device=z.device)
         virtual = z.new_zeros((0, z.shape[-1]))
-        if self.fes:
+        pbc_virtual = self.pbc and "virtual" in self.pbc_cfg["label_rule"].split("+")
+        if self.fes or pbc_virtual:
+            # FES's mixed seen embeddings. Without FES they are made all the same, as the class
+            # indicator's positives only (no L_vir, the classifier never sees them): the strictly
+            # inductive rule 'virtual' needs positives that do not come from unseen locations.
             n = self.fes_cfg["num_virtual"]
             n = emb.shape[0] if n is None else int(n)
             virtual, lam, ii, jj = mixup_virtual_features(emb, lab, self.fes_cfg["alpha"], n, generator)
+        if self.fes:
             if virtual.shape[0]:
                 c = text_embeds.shape[0]
                 soft = torch.zeros(virtual.shape[0], c, device=z.device, dtype=torch.float32)
@@ -626,7 +633,7 @@ class AlignZeg(SideAdapterParent):
                                               self.pbc_cfg["ignore_ratio"], self.pbc_cfg["mask_threshold"])
             inputs = [z[valid]]
             ys = [labels[valid]]
-            if "virtual" in parts and self.fes and virtual.shape[0]:
+            if "virtual" in parts and virtual.shape[0]:
                 inputs.append(F.normalize(virtual, dim=-1))  # unit norm: the norm must not give them away
                 ys.append(labels.new_ones(virtual.shape[0]))
             x = torch.cat(inputs)

@@ -18,7 +18,7 @@ def _args(data, out, **kw):
     parser = argparse.ArgumentParser()
     P.add_arguments(parser)
     argv = ["--data", str(data), "--out", str(out), "--epochs", "3", "--batch-size", "8",
-            "--val-fraction", "0.25", "--lr", "2e-3", "--threads", "2", "--no-progress"]
+            "--num-scenes", "18", "--num-heldout", "6", "--lr", "2e-3", "--threads", "2", "--no-progress"]
     for k, v in kw.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
     return parser.parse_args(argv)
@@ -27,7 +27,7 @@ def _args(data, out, **kw):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("pre") / "synthetic"
-    S.generate(out, seed=0, num_train=24, num_val=0)  # 18 for training (2 steps of 8), 6 held out
+    S.generate(out, seed=0, num_train=1, num_val=0)  # only split.json and the generator settings are read
     return out
 
 
@@ -151,13 +151,22 @@ def test_deterministic_and_resumable(trained, data, tmp_path, monkeypatch, capsy
 def test_bad_inputs_are_named(tmp_path, data):
     with pytest.raises(FileNotFoundError, match="split.json"):
         P.train_clip(_args(tmp_path, tmp_path / "x.safetensors"))
-    with pytest.raises(ValueError, match="--val-fraction"):
-        P.train_clip(_args(data, tmp_path / "x.safetensors", val_fraction=1.5))
+    with pytest.raises(ValueError, match="--num-heldout"):
+        P.train_clip(_args(data, tmp_path / "x.safetensors", num_heldout=-1))
+    with pytest.raises(ValueError, match="--num-scenes"):
+        P.train_clip(_args(data, tmp_path / "x.safetensors", num_scenes=0))
+    meta = json.loads((data / "meta.json").read_text())
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "split.json").write_bytes((data / "split.json").read_bytes())
+    (old / "meta.json").write_text(json.dumps({**meta, "generator_version": 1}))
+    with pytest.raises(ValueError, match=r"meta.json: written by generator version 1"):
+        P.train_clip(_args(old, tmp_path / "x.safetensors"))
 
 
 def test_nothing_held_out_gives_null_accuracies(data, tmp_path):
     out = tmp_path / "n.safetensors"
-    _, report = P.train_clip(_args(data, out, val_fraction=0, epochs=1))
+    _, report = P.train_clip(_args(data, out, num_heldout=0, epochs=1))
     h = json.loads((tmp_path / "n.safetensors.json").read_text())["heldout"]
     assert report["num_heldout_images"] == 0 and h["num_scenes"] == 0
     assert h["acc_seen"] is None and h["acc_unseen"] is None

@@ -221,7 +221,7 @@ def test_switches_add_their_parameters():
     with pytest.raises(ValueError, match="num_prototypes"):
         AlignZeg(**tiny_kwargs(), bds_cfg=dict(num_prototypes=1))
     with pytest.raises(ValueError, match="label_rule"):
-        AlignZeg(**tiny_kwargs(), fes=False, pbc_cfg=dict(label_rule="virtual"))
+        AlignZeg(**tiny_kwargs(), pbc_cfg=dict(label_rule="unseen"))
     with pytest.raises(ValueError, match="fes_cfg: unknown keys"):
         AlignZeg(**tiny_kwargs(), fes_cfg=dict(beta=1.0))
 
@@ -432,3 +432,31 @@ def test_predict_keeps_indicator_outputs_only_with_pbc():
     with torch.no_grad():
         off.predict(feats, text, torch.tensor([True, True, False]))
     assert off.last_aux == {}
+
+
+@pytest.mark.parametrize("fes", [True, False])
+def test_default_indicator_labels_do_not_depend_on_unseen_locations(fes):
+    """Strictly inductive default: moving the ignore (unseen) pixels changes no loss term and no gradient.
+
+    With the 'virtual+ignore' variant ("uses unseen locations") the indicator loss does change.
+    """
+    def run(rule, move_ignore):
+        torch.manual_seed(0)
+        model = AlignZeg(**tiny_kwargs(), fes=fes, pbc_cfg=dict(label_rule=rule))
+        targets = fake_targets()
+        for t in targets:  # no ignore pixel at all, or ignore everywhere: a rule reading them must notice
+            t["ignore"] = torch.full_like(t["ignore"], bool(move_ignore))
+        losses = model.loss(fake_feats(), text_embeds(), targets, generator=torch.Generator().manual_seed(0))
+        sum(losses.values()).backward()
+        return losses, [p.grad.clone() for p in model.indicator.parameters()]
+
+    assert "virtual" == AlignZeg(**tiny_kwargs()).pbc_cfg["label_rule"]
+    (a, ga), (b, gb) = run("virtual", False), run("virtual", True)
+    assert set(a) == set(b) and ("loss_vir" in a) == fes and "loss_bc" in a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for x, y in zip(ga, gb):
+        assert torch.equal(x, y)
+    assert a["loss_bc"] > 0   # positives (mixed seen embeddings) and negatives (matched proposals) exist
+    (c, _), (d, _) = run("virtual+ignore", False), run("virtual+ignore", True)
+    assert not torch.equal(c["loss_bc"], d["loss_bc"])

@@ -39,7 +39,7 @@ model = dict(
         bds=True,
         bds_cfg=dict(num_prototypes=4, reduce='max'),
         pbc=True,
-        pbc_cfg=dict(hidden_dims=256, label_rule='virtual+ignore', ignore_ratio=0.5, mask_threshold=0.5,
+        pbc_cfg=dict(hidden_dims=256, label_rule='virtual', ignore_ratio=0.5, mask_threshold=0.5,
                      detach_input=True, threshold=0.5, strength=2.0)),
     split='coco-stuff-156s15u',
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))

@@ -1,6 +1,7 @@
 # The embedded synthetic zero-shot benchmark (`alignzeg prepare synthetic`, DVC output data/synthetic):
 # 64x64 scenes; split.json in the data root. Training sees seen classes only (mode 'seen': unseen pixels
-# ignored, labels in seen-index space); validation and test use all classes (mode 'all').
+# ignored, labels in seen-index space); validation and test use all classes (mode 'all'). Three disjoint
+# splits: train, val (choices such as prompt templates are made here) and test (every reported number).
 dataset_type = 'SyntheticZSDataset'
 data_root = 'data/synthetic'
 crop_size = (64, 64)
@@ -38,6 +39,17 @@ val_dataloader = dict(
         test_mode=True,
         data_prefix=dict(img_path='images/val', seg_map_path='annotations/val'),
         pipeline=test_pipeline))
-test_dataloader = val_dataloader
+test_dataloader = dict(
+    batch_size=8,
+    num_workers=0,
+    persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type=dataset_type,
+        data_root=data_root,
+        mode='all',
+        test_mode=True,
+        data_prefix=dict(img_path='images/test', seg_map_path='annotations/test'),
+        pipeline=test_pipeline))
 val_evaluator = dict(type='ZeroShotIoUMetric')
 test_evaluator = val_evaluator
