@@ -31,7 +31,7 @@ def test_same_seed_gives_identical_files(small, tmp_path):
     again = tmp_path / "again"
     S.generate(again, seed=7, num_train=12, num_val=4)
     first, second = _tree_digest(small), _tree_digest(again)
-    assert len(first) == 12 * 2 + 4 * 2 + 2 + 2  # images+annotations, captions x2, split, meta
+    assert len(first) == 12 * 2 + 4 * 2 + 2 + 2  # images+annotations, captions x2, split, meta (no test)
     assert first == second
     other = tmp_path / "other"
     S.generate(other, seed=8, num_train=12, num_val=4)
@@ -47,9 +47,10 @@ def test_image_does_not_depend_on_dataset_size(small, tmp_path):
 
 def test_layout_and_label_values(small):
     names = S.class_names()
-    assert len(names) == len(S.STUFF) + len(S.COLOURS) * len(S.SHAPES) == 35
-    assert names[:5] == ["grass", "water", "sand", "brick wall", "sky"]
-    assert names[5:10] == ["red circle", "red square", "red triangle", "red cross", "red ring"]
+    assert len(names) == len(S.STUFF) + len(S.COLOURS) * len(S.SHAPES) == 40
+    assert names[:10] == ["grass", "water", "sand", "brick wall", "sky", "snow", "wood", "gravel", "tiles",
+                          "road"]
+    assert names[10:15] == ["red circle", "red square", "red triangle", "red cross", "red ring"]
     split = load_split(small / "split.json")
     assert list(split.classes) == names
     meta = json.loads((small / "meta.json").read_text())
@@ -115,7 +116,7 @@ def test_sampled_scenes_respect_occlusion_limit():
     for i in range(40):
         rng = np.random.default_rng([1, 0, i])
         spec = S.sample_scene(rng, 64)
-        assert 1 <= len(spec.objects) <= 4
+        assert 1 <= len(spec.objects) <= S.MAX_OBJECTS
         assert len({o.name for o in spec.objects}) == len(spec.objects)
         lab = S.label_map(spec, 64)
         for obj in spec.objects:
@@ -127,8 +128,8 @@ def test_sampled_scenes_respect_occlusion_limit():
 def test_default_split_and_coverage():
     names = S.class_names()
     unseen = S.DEFAULT_UNSEEN
-    assert len(unseen) / len(names) == pytest.approx(0.2)
-    assert any(u in S.STUFF for u in unseen) and sum(u not in S.STUFF for u in unseen) >= 5
+    assert len(unseen) / len(names) == pytest.approx(0.275)
+    assert sum(u in S.STUFF for u in unseen) >= 2 and sum(u not in S.STUFF for u in unseen) >= 5
     # independent check of the coverage property: every unseen colour / shape occurs in a seen object
     seen_objs = [n for n in names[len(S.STUFF):] if n not in unseen]
     for u in unseen:
@@ -165,7 +166,7 @@ def test_cli_custom_unseen_and_errors(tmp_path, capsys):
     assert S.run(args) == 0
     split = load_split(tmp_path / "d" / "split.json")
     assert split.unseen == ("sand", "red circle", "blue ring")
-    assert split.name == "synthetic-32s3u"
+    assert split.name == "synthetic-37s3u"
     with pytest.raises(ValueError, match="--unseen"):
         S.generate(tmp_path / "e", num_train=1, num_val=0, unseen=["pink circle"])
     assert not (tmp_path / "e").exists()
@@ -183,3 +184,29 @@ def test_through_the_alignzeg_cli(tmp_path):
     direct = tmp_path / "direct"
     S.generate(direct, seed=5, num_train=3, num_val=2)
     assert _tree_digest(out) == _tree_digest(direct)
+
+
+def test_three_disjoint_splits_and_no_dominant_unseen_class(tmp_path):
+    """--num-test writes a third split from its own stream; the unseen share is recorded per split."""
+    out = tmp_path / "d"
+    S.generate(out, seed=7, num_train=12, num_val=4, num_test=40)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["num_images"] == {"train": 12, "val": 4, "test": 40}
+    digests = {sp: {hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "images" / sp).iterdir()}
+               for sp in ("train", "val", "test")}
+    assert len(digests["test"]) == 40
+    assert not (digests["test"] & digests["train"]) and not (digests["test"] & digests["val"])
+    # the recorded shares are the annotation pixel counts
+    names, unseen = S.class_names(), list(S.DEFAULT_UNSEEN)
+    px = np.zeros(len(names), np.int64)
+    for p in (out / "annotations" / "test").iterdir():
+        px += np.bincount(np.asarray(Image.open(p)).ravel(), minlength=len(names))
+    u = px[[names.index(c) for c in unseen]]
+    share = meta["unseen_pixel_share"]["test"]
+    assert share["max_share"] == pytest.approx(u.max() / u.sum())
+    assert share["max_class"] == unseen[int(u.argmax())]
+    assert share["unseen_fraction_of_pixels"] == pytest.approx(u.sum() / px.sum())
+    assert json.loads((out / "split.json").read_text())["stuff"] == list(S.STUFF)
+    # clip streams are disjoint from the benchmark's splits
+    a = S.make_example(7, "clip", 0)["image"]
+    assert not np.array_equal(a, np.asarray(Image.open(out / "images/train/train_000000.png")))
