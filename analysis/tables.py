@@ -68,6 +68,8 @@ MAIN_METRICS: dict[str, str] = {
     "unseen_to_seen": "unseen→seen",
 }
 REQUIRED_KEYS = tuple(MAIN_METRICS)
+# written where the split names its stuff classes; carried into the main table when present
+OPTIONAL_COLUMNS: dict[str, str] = {"mIoU_unseen_stuff": "U-stuff", "mIoU_unseen_objects": "U-objects"}
 DERIVED_METRICS = ("seen_unseen_gap",)  # S - U: the misalignment gap, per run
 DASH = "–"
 
@@ -327,6 +329,9 @@ def tidy_runs(runs: Iterable[Run]) -> pd.DataFrame:
     for r in runs:
         for key in REQUIRED_KEYS:
             rows.append((r.group, r.method, r.seed, key, float(r.metrics[key])))
+        for key in OPTIONAL_COLUMNS:
+            if r.metrics.get(key) is not None:
+                rows.append((r.group, r.method, r.seed, key, float(r.metrics[key])))
         rows.append((r.group, r.method, r.seed, "seen_unseen_gap",
                      float(r.metrics["mIoU_seen"]) - float(r.metrics["mIoU_unseen"])))
         rows.append((r.group, r.method, r.seed, "collapsed", run_collapsed(r.metrics)))
@@ -389,10 +394,25 @@ def _num(x):
     return float("nan") if x is None else float(x)
 
 
+def ci95(std: float, n: int) -> float:
+    """Half-width of the two-sided 95 % Student-t interval of a mean: ``t(0.975, n-1) * std / sqrt(n)``.
+
+    NaN for fewer than two seeds. With 3 seeds ``t = 4.303``, so the interval is 2.48 sample stds wide
+    on each side: few seeds make wide intervals, which is the point.
+    """
+    if n is None or n < 2 or std is None or (isinstance(std, float) and math.isnan(std)):
+        return float("nan")
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
 def summarise(tidy: pd.DataFrame) -> pd.DataFrame:
-    """Mean, sample std (ddof=1; NaN for one seed) and n per (group, method, metric)."""
+    """Mean, sample std (ddof=1; NaN for one seed), n and the 95 % interval half-width per (group, method, metric)."""
     g = tidy.groupby(["group", "method", "metric"], sort=False)["value"]
-    return g.agg(mean="mean", std=lambda x: x.std(ddof=1), n="count").reset_index()
+    out = g.agg(mean="mean", std=lambda x: x.std(ddof=1), n="count").reset_index()
+    out["ci95"] = [ci95(sd, int(n)) for sd, n in zip(out["std"], out["n"])]
+    return out
 
 
 def fmt(x: float, decimals: int = 2) -> str:
@@ -424,30 +444,39 @@ def main_table(tidy: pd.DataFrame, names: dict[str, str] | None = None,
         for key, col in MAIN_METRICS.items():
             row[f"{col}_mean"] = float(s.at[key, "mean"])
             row[f"{col}_std"] = float(s.at[key, "std"])
+            row[f"{col}_ci95"] = float(s.at[key, "ci95"])
+        for key, col in OPTIONAL_COLUMNS.items():
+            if key in s.index:
+                row[f"{col}_mean"] = float(s.at[key, "mean"])
+                row[f"{col}_std"] = float(s.at[key, "std"])
+                row[f"{col}_ci95"] = float(s.at[key, "ci95"])
         row["n_collapsed"] = collapsed.get(m, 0)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def main_table_markdown(table: pd.DataFrame, decimals: int = 2, ours: str | None = None) -> str:
-    header = ["Method"] + [f"{c} (%)" if c != "unseen→seen" else "unseen→seen (%)" for c in MAIN_METRICS.values()]
+    cols = list(MAIN_METRICS.values()) + [c for c in OPTIONAL_COLUMNS.values() if f"{c}_mean" in table]
+    header = ["Method"] + [f"{c} (%)" for c in cols]
     header += ["seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     best_h = table["hIoU_mean"].max() if not table.empty else None
     for _, r in table.iterrows():
         name = r["display"] + (" (ours)" if ours and r["method"] == ours else "")
         cells = [name]
-        for col in MAIN_METRICS.values():
-            cell = fmt_pm(r[f"{col}_mean"], r[f"{col}_std"], decimals)
+        for col in cols:
+            cell = fmt_pm(r[f"{col}_mean"], r[f"{col}_ci95"], decimals)
             if col == "hIoU" and r["hIoU_mean"] == best_h:
                 cell = f"**{cell}**"
             cells.append(cell)
         cells.append(_seeds_cell(r))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Mean ± sample std (ddof=1) over seeds; {DASH} = one seed. S/U = mIoU over seen/unseen classes, "
+    lines.append(f"Mean ± half-width of the 95 % Student-t interval over seeds; {DASH} = one seed. "
+                 "S/U = mIoU over seen/unseen classes, "
                  "hIoU = 2SU/(S+U) per run, unseen→seen = share of unseen-class pixels predicted as a seen class "
-                 "(lower is better). Bold: highest mean hIoU.")
+                 "(lower is better)" + ("; U-stuff / U-objects = unseen mIoU over the unseen stuff / object classes"
+                                        if len(cols) > len(MAIN_METRICS) else "") + ". Bold: highest mean hIoU.")
     if "n_collapsed" in table and table["n_collapsed"].sum():
         lines.append("")
         lines.append(COLLAPSE_NOTE)
@@ -515,6 +544,7 @@ def ablation_table(runs: Iterable[Run], tidy: pd.DataFrame) -> pd.DataFrame:
         for key_, col in (("mIoU_seen", "S"), ("mIoU_unseen", "U"), ("hIoU", "hIoU")):
             row[f"{col}_mean"] = float(s.at[key_, "mean"])
             row[f"{col}_std"] = float(s.at[key_, "std"])
+            row[f"{col}_ci95"] = float(s.at[key_, "ci95"])
         row["n_seeds"] = int(s["n"].max())
         row["n_collapsed"] = collapsed.get(v, 0)
         if parent is not None:
@@ -525,6 +555,7 @@ def ablation_table(runs: Iterable[Run], tidy: pd.DataFrame) -> pd.DataFrame:
                 row["delta_hIoU_std"] = float("nan")
         else:
             row["delta_hIoU"], row["delta_hIoU_std"], row["delta_n_paired"] = float("nan"), float("nan"), 0
+        row["delta_hIoU_ci95"] = ci95(row["delta_hIoU_std"], row["delta_n_paired"])
         rows.append(row)
     table = pd.DataFrame(rows).sort_values(["_order", "variant"]).drop(columns="_order").reset_index(drop=True)
     for kind, n_expected in (("parent", 1), ("add", 4), ("remove", 4), ("full", 1)):
@@ -539,22 +570,25 @@ def ablation_markdown(table: pd.DataFrame, decimals: int = 2) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * 4 + ["---:"] * 5) + "|"]
     for _, r in table.iterrows():
         cells = [r["label"]] + ["✓" if r[c] else DASH for c in COMPONENTS]
-        cells += [fmt_pm(r[f"{c}_mean"], r[f"{c}_std"], decimals) for c in ("S", "U", "hIoU")]
+        cells += [fmt_pm(r[f"{c}_mean"], r[f"{c}_ci95"], decimals) for c in ("S", "U", "hIoU")]
         if r["kind"] == "parent":
             cells.append("0 (reference)")
         elif math.isnan(r["delta_hIoU"]):
             cells.append(DASH)
         else:
             d = f"{r['delta_hIoU']:+.{decimals}f}"
-            if not math.isnan(r["delta_hIoU_std"]):
-                d += f" ± {r['delta_hIoU_std']:.{decimals}f}"
+            if not math.isnan(r["delta_hIoU_ci95"]):
+                d += f" ± {r['delta_hIoU_ci95']:.{decimals}f}"
+                if abs(r["delta_hIoU"]) <= r["delta_hIoU_ci95"]:
+                    d += " (n.s.)"
             cells.append(d)
         cells.append(_seeds_cell(r))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Mean ± sample std (ddof=1) over seeds; {DASH} in a switch column = off, in a number = one seed. "
-                 "Δ hIoU = difference of mean hIoU to the parent (all off); its ± is the sample std of the per-seed "
-                 "differences on seeds both variants share.")
+    lines.append(f"Mean ± half-width of the 95 % Student-t interval over seeds; {DASH} in a switch column = off, "
+                 "in a number = one seed. Δ hIoU = difference of mean hIoU to the parent (all off); its ± is the 95 % "
+                 "interval of the paired per-seed differences on seeds both variants share; (n.s.) = the interval "
+                 "contains zero: no measurable difference.")
     if "n_collapsed" in table and table["n_collapsed"].sum():
         lines.append("")
         lines.append(COLLAPSE_NOTE)

@@ -50,20 +50,23 @@ def test_main_table_mean_and_sample_std_match_numpy(results_root):
             v = _values(row["method"], key)
             assert row[f"{col}_mean"] == pytest.approx(v.mean(), abs=1e-12)
             assert row[f"{col}_std"] == pytest.approx(np.std(v, ddof=1), abs=1e-12)
+            # 95 % Student-t half-width, 3 seeds: t(0.975, 2) = 4.302653
+            assert row[f"{col}_ci95"] == pytest.approx(4.302653 * np.std(v, ddof=1) / np.sqrt(3), abs=1e-5)
         # unseen_to_seen is 10 + seed in the fixture
         assert row["unseen→seen_mean"] == pytest.approx(11.0)
         assert row["unseen→seen_std"] == pytest.approx(1.0)
         assert row["aAcc_std"] == pytest.approx(0.0)
 
 
-def test_main_markdown_formats_mean_pm_std(results_root):
+def test_main_markdown_formats_mean_pm_interval(results_root):
     runs = T.discover_runs(results_root)
     table = T.main_table(T.tidy_runs(runs), NAMES)
     md = T.main_table_markdown(table, decimals=2, ours="alignzeg")
     h = _values("alignzeg", "hIoU")
-    assert f"**{h.mean():.2f} ± {np.std(h, ddof=1):.2f}**" in md  # best hIoU in bold
+    half = 4.302653 * np.std(h, ddof=1) / np.sqrt(3)
+    assert f"**{h.mean():.2f} ± {half:.2f}**" in md  # best hIoU in bold
     assert "AlignZeg (ours)" in md
-    assert "45.00 ± 1.00" in md  # ZegCLIP seen mIoU: 45, 44, 46
+    assert "45.00 ± 2.48" in md  # ZegCLIP seen mIoU: 45, 44, 46 (std 1, t 4.303 / sqrt 3)
 
 
 def test_single_seed_std_is_nan_and_dash(results_no_scores):
@@ -89,6 +92,10 @@ def test_ablation_table_paper_form_and_deltas(results_root):
         if row["kind"] != "parent":
             d = [h[s] - parent[s] for s in sorted(h)]
             assert row["delta_hIoU_std"] == pytest.approx(np.std(d, ddof=1))
+            if len(d) >= 2:
+                from scipy import stats
+                assert row["delta_hIoU_ci95"] == pytest.approx(
+                    stats.t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / np.sqrt(len(d)))
         assert tuple(bool(row[c]) for c in T.COMPONENTS) == ABLATION[row["variant"]][0]
     # hand check of one row: full = (41,30),(42,31); parent = (40,20),(41,22)
     full = abl[abl["kind"] == "full"].iloc[0]
