@@ -35,7 +35,7 @@ class CLIPBackbone(BaseModule):
 
     ``forward(images)`` returns the feature dict of :class:`CLIPVisualFeatures` (``layers``,
     ``cls_layers``, ``image_embed``, ``dense_embed``, ``grid``). Attributes: ``clip_model`` (open_clip CLIP),
-    ``tokenizer``, ``patch_size`` ((h, w)), ``embed_dim``, ``width``.
+    ``tokenizer`` (built on first use), ``patch_size`` ((h, w)), ``embed_dim``, ``width``.
     """
 
     def __init__(self, clip: dict, out_layers: Sequence[int] | None = None, frozen: bool = True,
@@ -51,7 +51,7 @@ class CLIPBackbone(BaseModule):
             raise ValueError(f"CLIPBackbone: unknown 'clip' keys {sorted(unknown)} "
                              f"(allowed: model, pretrained, image_size, quick_gelu)")
         self.clip_model = build_clip(model, pretrained, **clip)
-        self.tokenizer = clip_tokenizer(self.clip_model)
+        self._tokenizer = None
         self.features = CLIPVisualFeatures(self.clip_model, out_layers=out_layers, value_path=value_path)
         self.frozen = bool(frozen)
         self.patch_size = tuple(self.features.patch_size)
@@ -70,6 +70,14 @@ class CLIPBackbone(BaseModule):
                         if id(t) in own}
         self._register_state_dict_hook(CLIPBackbone._drop_shared_entries)
         self._register_load_state_dict_pre_hook(self._restore_shared_entries)
+
+    @property
+    def tokenizer(self):
+        """The open_clip tokenizer of ``clip_model``, built on first use: loading its BPE vocabulary takes
+        ~0.3 s, and a run whose text embeddings are all cached never tokenizes."""
+        if self._tokenizer is None:
+            self._tokenizer = clip_tokenizer(self.clip_model)
+        return self._tokenizer
 
     # -- checkpoint de-duplication --------------------------------------------------------------------
     @staticmethod

@@ -129,8 +129,12 @@ class ZeroShotEncoderDecoder(BaseSegmentor):
         if self._text_encoder is None:
             from alignzeg.clip.text import TextEncoder
 
-            self._text_encoder = TextEncoder(clip_of(self.backbone), self.backbone.tokenizer, **self.text_cfg)
+            self._text_encoder = TextEncoder(clip_of(self.backbone), self._tokenize, **self.text_cfg)
         return self._text_encoder
+
+    def _tokenize(self, texts: List[str]) -> Tensor:
+        # Reads ``backbone.tokenizer`` only when a prompt is encoded: a cache hit never builds the tokenizer.
+        return self.backbone.tokenizer(texts)
 
     def text_embeddings(self, which: str) -> Tensor:
         """C×D L2-normalised text embeddings of a vocabulary (computed once, then kept as a buffer)."""
