@@ -54,6 +54,7 @@ test_dataloader = dict(
         mode='all',
         test_mode=True,
         data_prefix=dict(img_path='images/test', seg_map_path='annotations/test'),
+        serialize_data=False,
         pipeline=test_pipeline))
 val_evaluator = dict(type='ZeroShotIoUMetric')
 test_evaluator = val_evaluator
