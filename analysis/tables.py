@@ -54,6 +54,7 @@ METRICS_FILE = "zeroshot_metrics.json"
 SCORES_FILE = "scores.npz"
 COMPONENTS_FILE = "components.json"
 ABLATION_DIR = "ablation"
+ORACLE_DIR = "oracle"        # the oracle ceilings of a study (experiments.pipeline oracle); not a run
 COMPONENTS = ("mrpe", "fes", "bds", "pbc")
 COMPONENT_LABELS = {"mrpe": "MRPE", "fes": "FES", "bds": "BDS", "pbc": "PBC"}
 SEED_DIR = re.compile(r"^seed(\d+)$")
@@ -288,6 +289,8 @@ def load_declared_runs(results: str | Path, declared: Iterable[tuple[str, str, i
 
     def walk(folder: Path) -> None:
         for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if folder == results and sub.name == ORACLE_DIR and (sub / "ceilings.json").is_file():
+                continue
             if sub in parents:
                 walk(sub)
             elif sub not in expected:
@@ -480,6 +483,42 @@ def main_table_markdown(table: pd.DataFrame, decimals: int = 2, ours: str | None
     if "n_collapsed" in table and table["n_collapsed"].sum():
         lines.append("")
         lines.append(COLLAPSE_NOTE)
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- oracle
+def load_oracle(results: Path) -> dict[str, Any] | None:
+    """``results/oracle/ceilings.json`` (the recognition and proposal ceilings), or None without one."""
+    path = Path(results) / ORACLE_DIR / "ceilings.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    for kind in ("recognition", "proposal"):
+        if not isinstance(data.get(kind), dict) or any(k not in data[kind] for k in ("mIoU_seen", "mIoU_unseen", "hIoU")):
+            raise ValueError(f"{path}: field {kind!r} needs mIoU_seen, mIoU_unseen and hIoU")
+    return data
+
+
+def oracle_markdown(oracle: dict[str, Any], decimals: int = 2) -> str:
+    """The two ceilings as a small table (one deterministic number each, no seeds)."""
+    cols = [("mIoU_seen", "S"), ("mIoU_unseen", "U"), ("hIoU", "hIoU"), ("mIoU_unseen_stuff", "U-stuff"),
+            ("mIoU_unseen_objects", "U-objects")]
+    lines = ["| Oracle ceiling | " + " | ".join(f"{c} (%)" for _, c in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    labels = {"recognition": "ground-truth masks, classified by the CLIP (recognition ceiling)",
+              "proposal": f"ground-truth masks, best seen/unseen calibration γ = {oracle.get('gamma', 0):+.2f} "
+                          "(proposal ceiling)"}
+    for kind in ("recognition", "proposal"):
+        m = oracle[kind]
+        lines.append(f"| {labels[kind]} | " + " | ".join(fmt(m.get(k), decimals) for k, _ in cols) + " |")
+    lines.append("")
+    lines.append(f"On the {oracle.get('split', 'test')} split ({oracle.get('num_images', '?')} images, "
+                 f"{oracle.get('num_segments', '?')} segments): every ground-truth segment is classified by the "
+                 "study's CLIP against all class names; γ is subtracted from the seen-class scores and chosen on "
+                 "these images (an oracle). A method far below the first row loses mostly on its masks.")
     return "\n".join(lines) + "\n"
 
 
@@ -859,6 +898,7 @@ def analyse(results: str | Path, out: str | Path, settings: Settings | None = No
         "winner": winner_summary(tidy, st.metric, st.ours, st.names, main_methods),
         "main_table": table.to_dict(orient="records"),
         "ablation": abl.to_dict(orient="records") if not abl.empty else [],
+        "oracle": load_oracle(results),
     }
     with atomic_output_dir(out) as tmp:
         tidy.to_csv(tmp / "runs_long.csv", index=False)
@@ -866,7 +906,10 @@ def analyse(results: str | Path, out: str | Path, settings: Settings | None = No
         pmean.to_csv(tmp / "per_class_mean.csv", index=False)
         if not table.empty:
             table.to_csv(tmp / "main_table.csv", index=False)
-            (tmp / "main_table.md").write_text(main_table_markdown(table, st.decimals, st.ours))
+            md = main_table_markdown(table, st.decimals, st.ours)
+            if summary["oracle"]:
+                md += "\n" + oracle_markdown(summary["oracle"], st.decimals)
+            (tmp / "main_table.md").write_text(md)
         if not abl.empty:
             abl.to_csv(tmp / "ablation_table.csv", index=False)
             (tmp / "ablation_table.md").write_text(ablation_markdown(abl, st.decimals))

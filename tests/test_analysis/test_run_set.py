@@ -213,3 +213,27 @@ def test_load_declared_runs_raises_a_value_error(tmp_path):
         T.load_declared_runs(root, DECLARED)
     runs = T.load_declared_runs(root, DECLARED[:-1])
     assert sorted((r.group, r.method, r.seed) for r in runs) == sorted(DECLARED[:-1])
+
+
+def test_oracle_ceilings_are_read_and_tabled_not_taken_for_a_run(tmp_path):
+    root = tmp_path / "results"
+    _build(root)
+    ceil = {"split": "test", "num_images": 5, "num_segments": 17, "gamma": 0.04,
+            "recognition": {"mIoU_seen": 61.5, "mIoU_unseen": 20.25, "hIoU": 30.47},
+            "proposal": {"mIoU_seen": 58.0, "mIoU_unseen": 41.0, "hIoU": 48.04, "mIoU_unseen_stuff": 70.0,
+                         "mIoU_unseen_objects": 30.0}}
+    (root / "oracle").mkdir()
+    (root / "oracle" / "ceilings.json").write_text(json.dumps(ceil))
+    out = tmp_path / "analysis"
+    assert _analyse_cli(root, out, _params_file(tmp_path)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["oracle"]["proposal"]["hIoU"] == 48.04
+    assert all(r["method"] != "oracle" for r in summary["runs"])
+    md = (out / "main_table.md").read_text()
+    assert "| ground-truth masks, classified by the CLIP (recognition ceiling) | 61.50 | 20.25 | 30.47 | – | – |" in md
+    assert "best seen/unseen calibration γ = +0.04 (proposal ceiling) | 58.00 | 41.00 | 48.04 | 70.00 | 30.00 |" in md
+    # an "oracle" folder without ceilings.json is an undeclared folder like any other
+    (root / "oracle" / "ceilings.json").unlink()
+    other = tmp_path / "second"
+    other.mkdir()
+    assert f"\n    {root / 'oracle'}" in _error(root, other)
