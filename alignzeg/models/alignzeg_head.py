@@ -371,9 +371,10 @@ class SideAdapterParent(nn.Module):
         self.embed_proj = nn.Linear(embed_dims, embed_dim)
         if self.pixel_pool:
             self.region_proj = nn.Linear(embed_dims, embed_dim)
-        if clip_pool:  # start from CLIP's own region recognition
-            nn.init.zeros_(self.embed_proj.weight)
-            nn.init.zeros_(self.embed_proj.bias)
+        if clip_pool:  # start from CLIP's own region recognition: every learned part of z starts at zero
+            for lin in (self.embed_proj, self.region_proj) if self.pixel_pool else (self.embed_proj,):
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)),
                                         requires_grad=learnable_logit_scale)
         self.max_log_scale = math.log(max_logit_scale)

@@ -295,6 +295,9 @@ def test_pixel_pool_adds_projection_of_mask_weighted_mean():
     """pixel_pool: z = normalise(normalise(CLIP pooled) + embed_proj(q) + region_proj(Σ σ(m)·F / Σ σ(m)))."""
     torch.manual_seed(0)
     model = SideAdapterParent(**tiny_kwargs(pixel_pool=True))
+    # both learned parts of z start at zero (clip_pool, the default): z is CLIP's pooled embedding at step 0
+    for lin in (model.embed_proj, model.region_proj):
+        assert not lin.weight.any() and not lin.bias.any()
     nn_init = torch.nn.init
     for lin in (model.embed_proj, model.region_proj):
         nn_init.normal_(lin.weight, std=0.3)
