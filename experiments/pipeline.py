@@ -266,6 +266,21 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
     return final
 
 
+def run_protocol(cfg) -> dict:
+    """What a run's training signal may depend on, read off its resolved config.
+
+    ``uses_unseen_locations``: the class indicator is trained with a label rule that reads the ignore
+    pixels, i.e. where the unseen classes lie (AlignZeg's 'ignore' rules); such runs are not strictly
+    inductive and the analysis never tables them with the inductive rows.
+    """
+    from alignzeg.models.alignzeg_head import UNSEEN_LOCATION_RULES
+
+    head = cfg.model.get("decode_head") or {}
+    rule = (head.get("pbc_cfg") or {}).get("label_rule", "virtual")
+    uses = bool(head.get("pbc", False)) and rule in UNSEEN_LOCATION_RULES
+    return {"uses_unseen_locations": uses, "indicator_label_rule": rule if head.get("pbc", False) else None}
+
+
 def evaluate_run(params: dict, name: str, seed: int, group: str = "",
                  checkpoint: Path | None = None, split: str = "test") -> dict:
     """Evaluate one run on the full vocabulary; write the metric JSON, flat metrics and score samples.
@@ -328,6 +343,7 @@ def evaluate_run(params: dict, name: str, seed: int, group: str = "",
     if missing:
         raise RuntimeError(f"{name}: the evaluator returned no {missing}")
     atomic_write_json(out / "metrics.json", flat)
+    atomic_write_json(out / "protocol.json", run_protocol(cfg))
     if group == ABLATION:
         atomic_write_json(out / "components.json", variant_components(name))
     print(json.dumps({"method": name, "seed": seed, **{k: round(v, 2) for k, v in flat.items()}}))

@@ -237,3 +237,21 @@ def test_oracle_ceilings_are_read_and_tabled_not_taken_for_a_run(tmp_path):
     other = tmp_path / "second"
     other.mkdir()
     assert f"\n    {root / 'oracle'}" in _error(root, other)
+
+
+def test_runs_that_use_unseen_locations_are_tabled_apart(tmp_path):
+    root = tmp_path / "results"
+    _build(root)
+    for s in (0, 1, 2):   # zegclip's runs claim to have learned from where the unseen pixels lie
+        (root / "zegclip" / f"seed{s}" / "protocol.json").write_text(json.dumps({"uses_unseen_locations": True}))
+        (root / "alignzeg" / f"seed{s}" / "protocol.json").write_text(json.dumps({"uses_unseen_locations": False}))
+    out = tmp_path / "analysis"
+    assert _analyse_cli(root, out, _params_file(tmp_path)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["uses_unseen_locations"] == ["zegclip"]
+    assert [r["method"] for r in summary["main_table"]] == ["alignzeg", "san-parent", "maskclip"]
+    assert [r["method"] for r in summary["unseen_locations_table"]] == ["zegclip"]
+    assert "zegclip" not in pd.read_csv(out / "main_table.csv")["method"].tolist()
+    md = (out / "main_table.md").read_text()
+    head, tail = md.split("Not strictly inductive")
+    assert "ZegCLIP" not in head and "ZegCLIP" in tail
