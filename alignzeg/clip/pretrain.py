@@ -497,7 +497,8 @@ def train_clip(args):
     model = build_clip(cfg)
     cfg = model.alignzeg_cfg
     model.train()
-    opt = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
+                            foreach=True)
     steps_per_epoch = max(1, len(train_set.stems) // args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     warmup = max(1, int(round(args.warmup * total_steps)))
