@@ -37,7 +37,7 @@ def digest(root: Path) -> dict[str, str]:
 
 
 def synthetic(out: Path, seed: int = 0, n: int = 2) -> Path:
-    """A small prepared dataset in the common layout (35 classes, 32 px)."""
+    """A small prepared dataset in the common layout (40 classes, 32 px)."""
     S.generate(out, seed=seed, num_train=n, num_val=1, image_size=32)
     return out
 
@@ -166,13 +166,13 @@ def test_label_out_of_range(tmp_path):
     root = synthetic(tmp_path / "data")
     lab = root / "annotations" / "train" / "train_000001.png"
     labels = np.array(Image.open(lab))
-    labels[0, :3] = (35, 200, 255)   # 35 classes: 0..34, 255 = ignore
+    labels[0, :3] = (40, 200, 255)   # 40 classes: 0..39, 255 = ignore
     Image.fromarray(labels).save(lab)
-    for mode in ("seen", "all", "transductive"):   # the seen view maps ids, but 35 and 200 stay out of range
+    for mode in ("seen", "all", "transductive"):   # the seen view maps ids, but 40 and 200 stay out of range
         ds = dataset(root, mode)
         ds[0]
-        with pytest.raises(BadSampleError, match=rf"label file {lab} holds values \[35, 200\] outside the label "
-                                                 rf"range 0\.\.34 \(35 classes\) and 255 \(ignore\)"):
+        with pytest.raises(BadSampleError, match=rf"label file {lab} holds values \[40, 200\] outside the label "
+                                                 rf"range 0\.\.39 \(40 classes\) and 255 \(ignore\)"):
             ds[1]
     assert 200 in dataset(root, "seen", check_samples=False)[1]["gt_seg_map"]   # the check can be turned off
 

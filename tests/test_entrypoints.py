@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ UNSEEN = ["green triangle"]
 
 
 def make_dataset(root: Path, n_train: int = 4, n_val: int = 2, size: int = 64) -> Path:
-    """Synthetic layout: images/{train,val}/*.png, annotations/{train,val}/*.png, split.json, meta.json."""
+    """Synthetic layout: images/{train,val,test}/*.png, annotations/{train,val,test}/*.png, split.json,
+    meta.json (test holds the same images as val)."""
     import cv2
 
     rng = np.random.default_rng(0)
@@ -34,6 +36,8 @@ def make_dataset(root: Path, n_train: int = 4, n_val: int = 2, size: int = 64) -
             image[label == 0] = (40, 40, 220)
             cv2.imwrite(str(root / "images" / subset / f"{i:04d}.png"), image)
             cv2.imwrite(str(root / "annotations" / subset / f"{i:04d}.png"), label)
+    for kind in ("images", "annotations"):
+        shutil.copytree(root / kind / "val", root / kind / "test")
     (root / "split.json").write_text(json.dumps(dict(name="toy-4s1u", dataset="synthetic", source="test",
                                                      classes=CLASSES, unseen=UNSEEN)))
     (root / "meta.json").write_text(json.dumps(dict(dataset="synthetic",

@@ -63,7 +63,14 @@ def test_metrics_match_hand_computed_values():
     assert r["unseen_to_seen"] == pytest.approx(100 * 3 / 7)
     assert r["confusion"] == {"classes": CLASSES, "matrix": EXPECTED.tolist()}
     assert set(r) == {"mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "collapsed",
-                      "per_class", "confusion", "collapse"}
+                      "per_class", "confusion", "collapse", "mIoU_unseen_stuff", "mIoU_unseen_objects"}
+    # no stuff classes named: the breakdown is undefined
+    assert math.isnan(r["mIoU_unseen_stuff"]) and math.isnan(r["mIoU_unseen_objects"])
+    # c is stuff, d an object: each half of the unseen mIoU by hand
+    r2 = metrics_from_confusion(EXPECTED, CLASSES, UNSEEN, stuff=["a", "c"])
+    assert r2["mIoU_unseen_stuff"] == pytest.approx(100 * 0.5)
+    assert r2["mIoU_unseen_objects"] == pytest.approx(100 * 0.25)
+    assert r2["mIoU_unseen"] == r["mIoU_unseen"]
 
 
 def test_hiou_formula_edge_cases():

@@ -43,7 +43,8 @@ def _split_into_images(n=3):
 def test_evaluator_returns_hand_computed_flat_scalars_and_writes_json(tmp_path):
     metric = ZeroShotIoUMetric(output_dir=str(tmp_path / "out"))
     res = _evaluate(metric, _split_into_images())
-    assert set(res) == {"mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "collapsed"}
+    assert set(res) == {"mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "collapsed",
+                        "mIoU_unseen_stuff", "mIoU_unseen_objects"}
     assert all(isinstance(v, float) for v in res.values())
     assert res["mIoU_seen"] == pytest.approx(50.0)
     assert res["mIoU_unseen"] == pytest.approx(37.5)
