@@ -310,7 +310,8 @@ def build_report(analysis: str | Path, out: str | Path, paper_table: str | Path 
     L = [f"# {title or 'Zero-shot segmentation results'}", ""]
     L += [f"Runs: {n_main} main-method run(s)" + (f" and {n_abl} ablation run(s)" if n_abl else "")
           + f" from `{summary.get('results', '?')}`; dataset `{dataset or 'unnamed'}`, {setting} setting. "
-          "All numbers are percentages; ± is the sample standard deviation over seeds (ddof=1), "
+          "All numbers are percentages; in the tables ± is the half-width of the 95 % Student-t interval "
+          "over seeds, in the text it is the sample standard deviation over seeds (ddof=1); "
           f"{DASH} where a method has a single seed. Metrics are measured in the joint label space "
           "(seen and unseen classes compete in one prediction).", ""]
 

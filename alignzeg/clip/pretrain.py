@@ -268,6 +268,44 @@ def jitter_boxes(box: np.ndarray, rng: np.random.Generator, size: int) -> np.nda
     return np.stack([x0, y0, x0 + side, y0 + side], axis=1)
 
 
+def shape_contrast_images(rng: np.random.Generator, n_groups: int, size: int, classes: list[str]):
+    """``n_groups`` groups of crop-like renders that differ only in shape: ``(N×3×H×W uint8, N labels)``.
+
+    Each group draws a colour, a stuff background, a position, a size and an appearance seed, and renders
+    one object of that colour in every shape with exactly that appearance (textures, colour jitter and
+    noise come from the same seed). The object fills the frame as the region crops do (radius 30-40 % of
+    the side). Within a batch these are hard negatives for each other that only shape can separate; the
+    region loss compares them with the prompts of all classes like any other crop.
+    """
+    import torch
+
+    from alignzeg.data import synthetic as S
+
+    index = {c: i for i, c in enumerate(classes)}
+    imgs, labels = [], []
+    for _ in range(n_groups):
+        colour = list(S.COLOURS)[int(rng.integers(len(S.COLOURS)))]
+        stuff = (S.STUFF[int(rng.integers(len(S.STUFF)))],)
+        r = rng.uniform(0.30, 0.40) * size
+        cx, cy = (0.5 + rng.uniform(-0.06, 0.06, size=2)) * size
+        angle = rng.uniform(-0.35, 0.35)
+        seed = int(rng.integers(2 ** 31))
+        for shape in S.SHAPES:
+            name = f"{colour} {shape}"
+            if name not in index:
+                continue
+            a = angle if shape in ("square", "triangle", "cross") else 0.0
+            spec = S.SceneSpec(stuff=stuff, objects=(S.ObjectSpec(colour, shape, float(cx), float(cy), float(r),
+                                                                  float(a)),))
+            image, _ = S.render(spec, np.random.default_rng(seed), size)
+            imgs.append(image)
+            labels.append(index[name])
+    if not imgs:
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8), np.zeros(0, np.int64)
+    return (torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous(),
+            np.asarray(labels, dtype=np.int64))
+
+
 class TextTable:
     """All distinct texts, tokenised once; batches refer to them by id."""
 
@@ -455,7 +493,7 @@ def _signature(args, data_meta: dict) -> dict:
             "weight_decay": args.weight_decay, "warmup": args.warmup, "seed": args.seed,
             "num_scenes": args.num_scenes, "num_heldout": args.num_heldout,
             "generator": {k: data_meta.get(k) for k in GENERATOR_KEYS}, "crops_per_image": args.crops_per_image,
-            "region_weight": args.region_weight}
+            "region_weight": args.region_weight, "shape_groups": args.shape_groups}
 
 
 def train_clip(args):
@@ -546,17 +584,23 @@ def train_clip(args):
                 flip_c = torch.from_numpy(rng.random(len(region_idx)) < 0.5)
                 crops[flip_c] = crops[flip_c].flip(-1)
                 parts.append(crops)
+            region_labels = reg.label[region_idx]
+            if args.shape_groups:
+                shape_imgs, shape_labels = shape_contrast_images(rng, args.shape_groups, image_size,
+                                                                 list(split.classes))
+                parts.append(shape_imgs.float())
+                region_labels = np.concatenate([region_labels, shape_labels])
             img_emb = model.encode_image(_normalise(torch.cat(parts)), normalize=True)
             scale = model.logit_scale.exp()
             tok, inv = table.batch(cap_ids[scene_idx])
             loss_scene = contrastive_loss(img_emb[: len(scene_idx)], model.encode_text(tok, normalize=True),
                                           inv, scale)
-            if len(region_idx):
+            if len(region_labels):
                 # every class prompt takes part, so each crop is contrasted with all other classes
                 # (in particular the same colour with other shapes), not only those in the batch
                 loss_region = contrastive_loss(img_emb[len(scene_idx):],
                                                model.encode_text(prompt_tokens, normalize=True),
-                                               torch.from_numpy(reg.label[region_idx]), scale)
+                                               torch.from_numpy(region_labels), scale)
             else:
                 loss_region = torch.zeros(())
             loss = (1.0 - args.region_weight) * loss_scene + args.region_weight * loss_region
@@ -629,6 +673,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crops-per-image", type=int, default=2, help="region crops per scene in a step")
     parser.add_argument("--region-weight", type=float, default=0.8,
                         help="weight of the region-crop loss; the scene-caption loss gets 1 - this")
+    parser.add_argument("--shape-groups", type=int, default=0,
+                        help="per step, groups of renders that differ only in shape (5 images each) added to "
+                             "the region crops as hard negatives")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices only)")
     parser.add_argument("--warmup", type=float, default=0.1, help="warm-up as a fraction of all steps")
