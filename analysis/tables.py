@@ -512,6 +512,7 @@ def load_oracle(results: Path) -> dict[str, Any] | None:
     for kind in ("recognition", "proposal"):
         if not isinstance(data.get(kind), dict) or any(k not in data[kind] for k in ("mIoU_seen", "mIoU_unseen", "hIoU")):
             raise ValueError(f"{path}: field {kind!r} needs mIoU_seen, mIoU_unseen and hIoU")
+    data.pop("seconds", None)  # a timing, not a result: the summary holds only what a rerun reproduces
     return data
 
 

@@ -130,6 +130,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "batch_size": _int(1),
         "crops_per_image": _int(1),
         "region_weight": _float(0.0, 1.0),
+        "shape_groups": _int(0),
         "lr": _float(0.0, 1.0, lo_open=True),
         "num_scenes": _int(1),
         "num_heldout": _int(1),
