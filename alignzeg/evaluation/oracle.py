@@ -7,7 +7,8 @@ every method:
 * **recognition ceiling** -- every ground-truth segment (the pixels of one class in one image) is
   classified by the CLIP alone: a square crop around it (the region crops of
   :func:`alignzeg.clip.pretrain.find_regions`: an object's box with a 15 % margin, or the window
-  purest in a stuff class; the class's bounding box when neither applies) is encoded and compared
+  purest in a stuff class, of half the image side or, where none is pure enough, a quarter or an
+  eighth smaller; the class's bounding box when neither applies) is encoded and compared
   with the text embeddings of *all* classes, and the best class is painted on the segment's pixels.
   The masks are perfect, so what is left is classification error, seen-class bias included.
 * **proposal ceiling** -- the same, with the best calibration of seen against unseen scores: the
@@ -27,6 +28,8 @@ import numpy as np
 
 from .confusion import confusion_matrix, metrics_from_confusion
 
+# Stuff windows tried in turn (fraction of the image side): pre-training's half-size window first.
+STUFF_WINDOWS = (0.5, 0.375, 0.25)
 # Calibration grid of the proposal ceiling (cosine-score units; the tiny CLIP's cosines lie in [-1, 1]).
 GAMMA_GRID = tuple(np.round(np.arange(-0.30, 0.3001, 0.01), 4))
 
@@ -37,6 +40,15 @@ def segment_boxes(label: np.ndarray, stuff_ids: set[int], ignore_index: int = 25
 
     size = label.shape[0]
     found = dict(find_regions(label, stuff_ids))
+    # a stuff class with no pure half-size window: the purest smaller window (objects cover much of a
+    # scene; a crop of the whole image would show the objects, not the stuff)
+    for window in STUFF_WINDOWS[1:]:
+        missing = {c for c in np.unique(label).tolist() if c in stuff_ids and c not in found}
+        if not missing:
+            break
+        for c, box in find_regions(label, missing, stuff_window=window):
+            if c in missing:
+                found[c] = box
     out = []
     for c in np.unique(label):
         c = int(c)
