@@ -171,3 +171,21 @@ def test_nothing_held_out_gives_null_accuracies(data, tmp_path):
     assert report["num_heldout_images"] == 0 and h["num_scenes"] == 0
     assert h["acc_seen"] is None and h["acc_unseen"] is None
     assert build_clip(None, out).visual.image_size == (64, 64)
+
+
+def test_shape_contrast_groups_differ_only_in_shape():
+    """Each group: the 5 shapes of one colour, same background pixels wherever no object is drawn."""
+    names = S.class_names()
+    imgs, labels = P.shape_contrast_images(np.random.default_rng(3), 3, 64, names)
+    assert imgs.shape == (15, 3, 64, 64) and imgs.dtype == torch.uint8
+    for g in range(3):
+        group = [names[k] for k in labels[g * 5:(g + 1) * 5]]
+        colours = {n.split(" ", 1)[0] for n in group}
+        assert len(colours) == 1 and [n.split(" ", 1)[1] for n in group] == list(S.SHAPES)
+        # pixels outside every shape of the group are identical (same texture, jitter and noise)
+        a = imgs[g * 5:(g + 1) * 5].numpy().astype(int)
+        differs = (a != a[:1]).any(axis=(0, 1))
+        assert 0 < differs.mean() < 0.5
+    # the bad-name guard: classes not in the vocabulary are skipped
+    none, _ = P.shape_contrast_images(np.random.default_rng(0), 2, 64, ["grass"])
+    assert none.shape[0] == 0
