@@ -14,26 +14,30 @@ Label space (``split.json`` ``classes``, in label order):
 * then the object classes, colour-major: ``f"{colour} {shape}"`` for each colour of :data:`COLOURS`,
   for each shape of :data:`SHAPES`.
 
-With the defaults that is 5 stuff + 6 × 5 objects = 35 classes. No pixel is ignore (255).
+With the defaults that is 10 stuff + 6 × 5 objects = 40 classes. No pixel is ignore (255).
 
-Default unseen classes (:data:`DEFAULT_UNSEEN`, 7 of 35 = 20 %): one stuff class (``sand``) and six
-objects, one per colour, chosen so that every colour and every shape of an unseen object also occurs in
-at least four seen objects (see :func:`coverage_violations`).
+Default unseen classes (:data:`DEFAULT_UNSEEN`, 11 of 40): four stuff classes (sand, snow, wood, road)
+and seven objects, one per colour plus "red cross", chosen so that every colour and every shape of an
+unseen object also occurs in at least three seen objects (see :func:`coverage_violations`) and no unseen
+class dominates the unseen pixels (the largest share is recorded per split in ``meta.json``,
+``unseen_pixel_share``; 22 % of the unseen test pixels with the defaults).
 
 Layout written (see the project's interface notes)::
 
-    DIR/images/{train,val}/<stem>.png        RGB, image_size × image_size
-    DIR/annotations/{train,val}/<stem>.png   uint8 labels in the full label space
-    DIR/split.json                           classes (label order) + default unseen names
-    DIR/meta.json                            counts, seed, generator parameters, class statistics
-    DIR/captions/{train,val}.jsonl           {"image", "caption", "labels"} per image
+    DIR/images/{train,val,test}/<stem>.png        RGB, image_size × image_size (test with --num-test)
+    DIR/annotations/{train,val,test}/<stem>.png   uint8 labels in the full label space
+    DIR/split.json                                classes (label order), unseen names, stuff names
+    DIR/meta.json                                 counts, seed, generator parameters, class statistics
+    DIR/captions/{train,val,test}.jsonl           {"image", "caption", "labels"} per image
 
 Stems are ``{split}_{index:06d}``. Each image is drawn from its own random stream
 ``numpy.random.default_rng([seed, split_id, index])``, so the output is byte-identical for a seed and
-does not depend on how many images are generated before it.
+does not depend on how many images are generated before it. Split ids: train 0, val 1, test 2; the
+streams 3 (``clip``) and 4 (``clip-heldout``) are never written to disk and feed only the tiny CLIP's
+pre-training and its report, so the CLIP sees no benchmark image.
 
-Scene model: one stuff class, or two split by a wavy horizon; 1-4 distinct object classes, random
-size (radius 9-20 % of the image side), position and small rotation, drawn back to front; a new object
+Scene model: one stuff class, or two split by a wavy horizon; 2-5 distinct object classes, random
+size (radius 13-26 % of the image side), position and small rotation, drawn back to front; a new object
 may hide at most 40 % of any earlier object (placements that would hide more are re-drawn, and an
 object that cannot be placed is dropped). Colours get per-object jitter and shading, each image a
 brightness/contrast jitter and Gaussian pixel noise. Captions name exactly the classes present in the
