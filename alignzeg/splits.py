@@ -58,6 +58,12 @@ class Split:
         unseen = set(self.unseen)
         return [i for i, c in enumerate(self.classes) if c in unseen]
 
+    @property
+    def stuff_ids(self) -> list[int]:
+        """Label ids of the stuff classes (empty where the split names none)."""
+        stuff = set(self.stuff)
+        return [i for i, c in enumerate(self.classes) if c in stuff]
+
     def to_dict(self) -> dict:
         out = {"name": self.name, "dataset": self.dataset, "source": self.source,
                "classes": list(self.classes), "unseen": list(self.unseen)}

@@ -457,15 +457,10 @@ def main_table(tidy: pd.DataFrame, names: dict[str, str] | None = None,
     for m in methods:
         s = stats[stats["method"] == m].set_index("metric")
         row: dict[str, Any] = {"method": m, "display": names.get(m, m), "n_seeds": int(s["n"].max())}
-        for key, col in MAIN_METRICS.items():
-            row[f"{col}_mean"] = float(s.at[key, "mean"])
-            row[f"{col}_std"] = float(s.at[key, "std"])
-            row[f"{col}_ci95"] = float(s.at[key, "ci95"])
-        for key, col in OPTIONAL_COLUMNS.items():
-            if key in s.index:
-                row[f"{col}_mean"] = float(s.at[key, "mean"])
-                row[f"{col}_std"] = float(s.at[key, "std"])
-                row[f"{col}_ci95"] = float(s.at[key, "ci95"])
+        present = {k: c for k, c in OPTIONAL_COLUMNS.items() if k in s.index}
+        for key, col in {**MAIN_METRICS, **present}.items():
+            for stat in ("mean", "std", "ci95"):
+                row[f"{col}_{stat}"] = float(s.at[key, stat])
         row["n_collapsed"] = collapsed.get(m, 0)
         rows.append(row)
     return pd.DataFrame(rows)

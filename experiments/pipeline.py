@@ -273,10 +273,10 @@ def run_protocol(cfg) -> dict:
     pixels, i.e. where the unseen classes lie (AlignZeg's 'ignore' rules); such runs are not strictly
     inductive and the analysis never tables them with the inductive rows.
     """
-    from alignzeg.models.alignzeg_head import UNSEEN_LOCATION_RULES
+    from alignzeg.models.alignzeg_head import DEFAULT_PBC, UNSEEN_LOCATION_RULES
 
     head = cfg.model.get("decode_head") or {}
-    rule = (head.get("pbc_cfg") or {}).get("label_rule", "virtual")
+    rule = (head.get("pbc_cfg") or {}).get("label_rule", DEFAULT_PBC["label_rule"])
     uses = bool(head.get("pbc", False)) and rule in UNSEEN_LOCATION_RULES
     return {"uses_unseen_locations": uses, "indicator_label_rule": rule if head.get("pbc", False) else None}
 

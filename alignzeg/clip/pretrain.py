@@ -198,22 +198,20 @@ def read_dataset(data: str | Path, num_scenes: int, num_heldout: int):
         raise ValueError(f"--num-scenes must be at least 1, got {num_scenes}")
     if num_heldout < 0:
         raise ValueError(f"--num-heldout must be at least 0, got {num_heldout}")
-    stuff_ids = _stuff_ids(data, split)
+    stuff_ids = _stuff_ids(split)
     train = generated_split_data(meta, "clip", num_scenes, stuff_ids)
     held = generated_split_data(meta, "clip-heldout", num_heldout, stuff_ids)
     return split, train, held
 
 
-def _stuff_ids(data: Path, split) -> set[int]:
-    meta_file = data / "meta.json"
-    stuff = []
-    if meta_file.exists():
-        stuff = json.loads(meta_file.read_text()).get("stuff", [])
-    if not stuff:
-        from alignzeg.data.synthetic import STUFF
+def _stuff_ids(split) -> set[int]:
+    """The split's stuff classes; the generator's :data:`~alignzeg.data.synthetic.STUFF` for a
+    ``split.json`` that names none."""
+    if split.stuff:
+        return set(split.stuff_ids)
+    from alignzeg.data.synthetic import STUFF
 
-        stuff = list(STUFF)
-    return {i for i, c in enumerate(split.classes) if c in set(stuff)}
+    return {i for i, c in enumerate(split.classes) if c in set(STUFF)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -519,7 +517,7 @@ def train_clip(args):
     data_meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
 
     split, train_set, held = read_dataset(data, args.num_scenes, args.num_heldout)
-    stuff_ids = _stuff_ids(data, split)
+    stuff_ids = _stuff_ids(split)
     cfg = json.loads(json.dumps(TINY_CLIP_CONFIG))
     image_size = int(cfg["vision_cfg"]["image_size"])
     if train_set.images.shape[-1] != image_size or train_set.images.shape[-2] != image_size:

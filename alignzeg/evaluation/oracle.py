@@ -36,9 +36,8 @@ GAMMA_GRID = tuple(np.round(np.arange(-0.30, 0.3001, 0.01), 4))
 
 def segment_boxes(label: np.ndarray, stuff_ids: set[int], ignore_index: int = 255) -> list[tuple[int, tuple]]:
     """``[(class id, square box)]`` for every class present in ``label`` (one segment per class)."""
-    from alignzeg.clip.pretrain import _square_box, find_regions
+    from alignzeg.clip.pretrain import find_regions
 
-    size = label.shape[0]
     found = dict(find_regions(label, stuff_ids))
     # a stuff class with no pure half-size window: the purest smaller window (objects cover much of a
     # scene; a crop of the whole image would show the objects, not the stuff)
@@ -49,17 +48,12 @@ def segment_boxes(label: np.ndarray, stuff_ids: set[int], ignore_index: int = 25
         for c, box in find_regions(label, missing, stuff_window=window):
             if c in missing:
                 found[c] = box
-    out = []
-    for c in np.unique(label):
-        c = int(c)
-        if c == ignore_index:
-            continue
-        if c in found:
-            out.append((c, found[c]))
-            continue
-        ys, xs = np.nonzero(label == c)
-        out.append((c, _square_box(xs.min(), ys.min(), xs.max() + 1.0, ys.max() + 1.0, 0.15, 12.0, size)))
-    return out
+    missing = [c for c in np.unique(label).tolist() if c != ignore_index and c not in found]
+    if missing:  # the bounding box with a margin, as find_regions boxes an object (however small)
+        boxes = dict(find_regions(np.where(np.isin(label, missing), label, 255), set(),
+                                  min_object_pixels=1))
+        found.update({c: boxes[c] for c in missing})
+    return sorted(found.items())
 
 
 def segment_scores(model, images: np.ndarray, labels: np.ndarray, text: "object", stuff_ids: set[int],

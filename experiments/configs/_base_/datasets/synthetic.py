@@ -43,18 +43,10 @@ val_dataloader = dict(
         data_prefix=dict(img_path='images/val', seg_map_path='annotations/val'),
         serialize_data=False,
         pipeline=test_pipeline))
+# the test split: the val loader with the test folders
 test_dataloader = dict(
-    batch_size=8,
-    num_workers=0,
-    persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        mode='all',
-        test_mode=True,
-        data_prefix=dict(img_path='images/test', seg_map_path='annotations/test'),
-        serialize_data=False,
-        pipeline=test_pipeline))
+    val_dataloader,
+    dataset=dict(val_dataloader['dataset'],
+                 data_prefix=dict(img_path='images/test', seg_map_path='annotations/test')))
 val_evaluator = dict(type='ZeroShotIoUMetric')
 test_evaluator = val_evaluator
