@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.tables import COMPONENT_LABELS, DASH, fmt, fmt_pm
+from analysis.tables import COMPONENT_LABELS, DASH, ci95, fmt, fmt_pm
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,24 @@ def _pm(mean, std, d=2) -> str:
     return fmt_pm(_nan(mean), _nan(std), d)
 
 
+def _ci(mean, std, n, d=2) -> str:
+    """``mean ± half-width of the 95 % Student-t interval`` from a sample std over ``n`` seeds."""
+    return fmt_pm(_nan(mean), ci95(_nan(std), n), d)
+
+
+def _difference(diff: float, half: float, d: int, unit: str = "points") -> str:
+    """A paired difference with its 95 % interval; 'no measurable difference' when it contains zero."""
+    if math.isnan(half):
+        return f"{diff:+.{d}f} {unit} (interval undefined)"
+    text = f"{diff:+.{d}f} ± {half:.{d}f} {unit}"
+    if abs(diff) <= half:
+        text += " (no measurable difference)"
+    return text
+
+
 def winner_paragraph(summary: dict[str, Any], d: int = 2) -> str:
+    """The ranking in words; every ± is the half-width of the 95 % Student-t interval over seeds, and a
+    paired difference whose interval contains zero is called "no measurable difference"."""
     w = summary.get("winner") or {}
     ranking = w.get("ranking") or []
     metric = w.get("metric", "hIoU")
@@ -94,27 +111,31 @@ def winner_paragraph(summary: dict[str, Any], d: int = 2) -> str:
             if undefined else "")
     if "vs_runner_up" not in w:
         lead = "Only one method was run" if len(ranking) == 1 else f"Only one method has a defined {metric}"
-        return (f"{lead}: {top['display']} reaches {metric} {_pm(top['mean'], top['std'], d)} "
+        return (f"{lead}: {top['display']} reaches {metric} {_ci(top['mean'], top['std'], top['n'], d)} "
                 f"over {top['n']} seed(s)." + note)
     cmp_ = w["vs_runner_up"]
-    verb = "ties for" if w.get("tie") else "has"
-    text = (f"{w['winner_display']} {verb} the highest {metric} ({_pm(cmp_['mean_a'], cmp_['std_a'], d)} over "
-            f"{cmp_['n_a']} seed(s)), {cmp_['margin']:.{d}f} points above {w['runner_up_display']} "
-            f"({_pm(cmp_['mean_b'], cmp_['std_b'], d)}).")
     k = len(cmp_["paired_seeds"])
+    half = ci95(_nan(cmp_["paired_std"]), k) if k >= 2 else float("nan")
+    measurable = k >= 2 and not math.isnan(half) and abs(cmp_["paired_mean_diff"]) > half
+    verb = "ties for" if w.get("tie") else ("has" if measurable or k < 2 else "has, without a measurable margin,")
+    text = (f"{w['winner_display']} {verb} the highest mean {metric} "
+            f"({_ci(cmp_['mean_a'], cmp_['std_a'], cmp_['n_a'], d)} over {cmp_['n_a']} seed(s)), "
+            f"{cmp_['margin']:.{d}f} points above {w['runner_up_display']} "
+            f"({_ci(cmp_['mean_b'], cmp_['std_b'], cmp_['n_b'], d)}).")
     if k >= 2:
-        text += (f" On the {k} seeds both share, the per-seed difference is {cmp_['paired_mean_diff']:.{d}f} ± "
-                 f"{fmt(_nan(cmp_['paired_std']), d)} (sample std) and {w['winner_display']} is ahead on "
-                 f"{cmp_['paired_wins']} of {k}.")
-        ps = _nan(cmp_["paired_std"])
-        if not math.isnan(ps) and ps > 0 and abs(cmp_["paired_mean_diff"]) < 2 * ps / math.sqrt(k):
-            text += " The margin is within two standard errors of the paired differences: not a clear win."
+        text += (f" On the {k} seeds both share, the paired difference with its 95 % interval is "
+                 f"{_difference(cmp_['paired_mean_diff'], half, d)}; "
+                 f"{w['winner_display']} is ahead on {cmp_['paired_wins']} of {k}.")
     elif k == 1:
-        text += " Only one seed is shared, so the spread of the difference is unknown."
+        text += " Only one seed is shared, so the difference has no interval."
     if "ours_vs_best_other" in w and w["ours"] != w["winner"]:
         o = w["ours_vs_best_other"]
-        text += (f" {w['ours_display']} ranks {w['ours_rank']} of {len(ranking)}, {o['margin']:.{d}f} points "
-                 f"from {_disp(summary, o['b'])}.")
+        text += f" {w['ours_display']} ranks {w['ours_rank']} of {len(ranking)}, {o['margin']:.{d}f} points "
+        text += f"from {_disp(summary, o['b'])}"
+        ko = len(o.get("paired_seeds") or [])
+        if ko >= 2:
+            text += (f"; paired difference {_difference(o['paired_mean_diff'], ci95(_nan(o['paired_std']), ko), d)}")
+        text += "."
     return text + note
 
 
@@ -130,25 +151,33 @@ def ablation_paragraph(abl: pd.DataFrame, d: int = 2) -> str:
     parent = abl[abl["kind"] == "parent"]
     if len(full) and len(parent):
         f, p = full.iloc[0], parent.iloc[0]
-        parts.append(f"With every component on, hIoU is {_pm(f['hIoU_mean'], f['hIoU_std'], d)}, "
-                     f"{f['delta_hIoU']:+.{d}f} points over the parent ({_pm(p['hIoU_mean'], p['hIoU_std'], d)}); "
+        delta = (_difference(f["delta_hIoU"], _nan(f.get("delta_hIoU_ci95", float("nan"))), d)
+                 if "delta_hIoU_ci95" in f else f"{f['delta_hIoU']:+.{d}f} points")
+        parts.append(f"With every component on, hIoU is {_pm(f['hIoU_mean'], f['hIoU_ci95'], d)} against the "
+                     f"parent's {_pm(p['hIoU_mean'], p['hIoU_ci95'], d)}, a paired difference of {delta}; "
                      f"unseen mIoU moves from {fmt(p['U_mean'], d)} to {fmt(f['U_mean'], d)} and seen mIoU from "
                      f"{fmt(p['S_mean'], d)} to {fmt(f['S_mean'], d)}.")
     add = abl[abl["kind"] == "add"]
     if len(add) and len(parent):
         b = add.loc[add["delta_hIoU"].idxmax()]
-        parts.append(f"Added alone, {b['label'][2:]} helps most ({b['delta_hIoU']:+.{d}f} hIoU).")
+        parts.append(f"Added alone, {b['label'][2:]} has the largest Δ hIoU against the parent: "
+                     f"{_difference(b['delta_hIoU'], _nan(b.get('delta_hIoU_ci95', float('nan'))), d)}.")
     rem = abl[abl["kind"] == "remove"]
-    if len(rem) and len(full):
-        f = full.iloc[0]
-        drops = f["hIoU_mean"] - rem["hIoU_mean"]
-        r = rem.loc[drops.idxmax()]
+    if len(rem) and len(full) and "delta_full_hIoU" in rem:
+        r = rem.loc[rem["delta_full_hIoU"].idxmin()]
         comp = r["label"].split("−", 1)[-1].strip()
-        parts.append(f"Removed from the full model, {comp} costs most ({-drops.max():+.{d}f} hIoU, "
-                     f"{fmt(r['hIoU_mean'], d)} vs {fmt(f['hIoU_mean'], d)}).")
-        neg = [rr["label"].split("−", 1)[-1].strip() for (_, rr), dd in zip(rem.iterrows(), drops) if dd < 0]
-        if neg:
-            parts.append(f"Removing {', '.join(neg)} raises hIoU on these seeds.")
+        parts.append(f"Removed from the full model, {comp} costs most ({fmt(r['hIoU_mean'], d)} vs "
+                     f"{fmt(full.iloc[0]['hIoU_mean'], d)}): "
+                     f"{_difference(r['delta_full_hIoU'], _nan(r['delta_full_hIoU_ci95']), d)}.")
+        up = [rr["label"].split("−", 1)[-1].strip() for _, rr in rem.iterrows()
+              if rr["delta_full_hIoU"] > _nan(rr["delta_full_hIoU_ci95"])]
+        if up:
+            parts.append(f"Removing {', '.join(up)} raises hIoU beyond its 95 % interval.")
+    n_sig = sum(1 for _, rr in abl.iterrows() if rr["kind"] in ("add", "remove")
+                and abs(rr["delta_hIoU"]) > _nan(rr.get("delta_hIoU_ci95", float("nan"))))
+    if len(parent):
+        parts.append(f"{n_sig} of {int(abl['kind'].isin(['add', 'remove']).sum())} add/remove rows differ "
+                     "measurably from the parent (paired 95 % interval excludes zero).")
     return " ".join(parts)
 
 
@@ -262,9 +291,10 @@ def published_section(paper: dict[str, Any], summary: dict[str, Any], main: pd.D
                 metric_name = {"hIoU": "hIoU", "mIoU_unseen": "unseen mIoU"}.get(c["metric"], c["metric"])
                 line += (f" In this suite ({dataset or 'unnamed dataset'}, {setting}): {w['ours_display']} minus the "
                          f"best other method ({_disp(summary, o['b'])}) is {o['margin']:+.{d}f} {metric_name}")
-                if len(o["paired_seeds"]) >= 2:
-                    line += (f" (per-seed difference sample std {fmt(_nan(o['paired_std']), d)} over "
-                             f"{len(o['paired_seeds'])} paired seeds)")
+                k = len(o["paired_seeds"])
+                if k >= 2:
+                    line += (f" (paired over {k} seeds: "
+                             f"{_difference(o['paired_mean_diff'], ci95(_nan(o['paired_std']), k), d)}, 95 % interval)")
                 line += f" vs the claimed {c['delta']:+.1f}."
             else:
                 line += " No run of this method with a comparison method in the analysed results."
@@ -310,8 +340,9 @@ def build_report(analysis: str | Path, out: str | Path, paper_table: str | Path 
     L = [f"# {title or 'Zero-shot segmentation results'}", ""]
     L += [f"Runs: {n_main} main-method run(s)" + (f" and {n_abl} ablation run(s)" if n_abl else "")
           + f" from `{summary.get('results', '?')}`; dataset `{dataset or 'unnamed'}`, {setting} setting. "
-          "All numbers are percentages; in the tables ± is the half-width of the 95 % Student-t interval "
-          "over seeds, in the text it is the sample standard deviation over seeds (ddof=1); "
+          "All numbers are percentages; in the tables and the text ± is the half-width of the 95 % "
+          "Student-t interval over seeds (figure captions say where error bars are sample standard "
+          "deviations), and a difference whose interval contains zero is no measurable difference; "
           f"{DASH} where a method has a single seed. Metrics are measured in the joint label space "
           "(seen and unseen classes compete in one prediction).", ""]
 

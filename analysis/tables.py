@@ -561,7 +561,9 @@ def ablation_table(runs: Iterable[Run], tidy: pd.DataFrame) -> pd.DataFrame:
 
     Columns: variant, kind, label, the four switches (bool), S/U/hIoU mean and std, n seeds,
     ``delta_hIoU`` = mean hIoU of the row minus mean hIoU of the parent (all switches off), and
-    ``delta_hIoU_std`` = sample std of the per-seed differences on seeds both rows have (NaN if < 2).
+    ``delta_hIoU_std`` = sample std of the per-seed differences on seeds both rows have (NaN if < 2),
+    ``delta_hIoU_ci95`` its 95 % interval half-width; ``delta_full_hIoU`` / ``delta_full_hIoU_ci95`` the same
+    against the full model (all switches on; NaN on the full row or without one).
     Variants that fit no paper row (two switches on) are kept, between the add and remove rows.
     """
     comps = {r.method: r.components for r in runs if r.group == "ablation"}
@@ -576,6 +578,8 @@ def ablation_table(runs: Iterable[Run], tidy: pd.DataFrame) -> pd.DataFrame:
     if len(parents) > 1:
         raise ValueError(f"ablation: several variants have every switch off: {parents}")
     parent = parents[0] if parents else None
+    fulls = [v for v, c in comps.items() if c and all(c.values())]
+    full = fulls[0] if len(fulls) == 1 else None
     if parent is None:
         log.warning("ablation: no variant with all switches off; Δ hIoU is left empty")
     rows = []
@@ -604,6 +608,14 @@ def ablation_table(runs: Iterable[Run], tidy: pd.DataFrame) -> pd.DataFrame:
         else:
             row["delta_hIoU"], row["delta_hIoU_std"], row["delta_n_paired"] = float("nan"), float("nan"), 0
         row["delta_hIoU_ci95"] = ci95(row["delta_hIoU_std"], row["delta_n_paired"])
+        # against the full model (the paired interval of the "removed" rows)
+        if full is not None and v != full:
+            fh = per_seed_h[full]
+            row["delta_full_hIoU"] = row["hIoU_mean"] - float(fh.mean())
+            std, n = _paired_diff(per_seed_h[v], fh)
+            row["delta_full_hIoU_ci95"] = ci95(std, n)
+        else:
+            row["delta_full_hIoU"], row["delta_full_hIoU_ci95"] = float("nan"), float("nan")
         rows.append(row)
     table = pd.DataFrame(rows).sort_values(["_order", "variant"]).drop(columns="_order").reset_index(drop=True)
     for kind, n_expected in (("parent", 1), ("add", 4), ("remove", 4), ("full", 1)):

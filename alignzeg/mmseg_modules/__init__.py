@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import alignzeg.datasets  # noqa: F401  DATASETS: ZeroShotSegDataset and subclasses
 import alignzeg.engine.hooks  # noqa: F401  HOOKS: ZeroShotMetaHook (+ checkpoint loader for torch >= 2.6)
+import alignzeg.engine.optim  # noqa: F401  OPTIM_WRAPPER_CONSTRUCTORS: GroupedOptimWrapperConstructor
 import alignzeg.evaluation.metric  # noqa: F401  METRICS: ZeroShotIoUMetric
 from alignzeg.mmseg_modules.backbone import CLIPBackbone
 from alignzeg.mmseg_modules.heads import MaskCLIPHead

@@ -25,15 +25,23 @@ def test_report_contains_the_numbers(report_text):
     text, out = report_text
     assert out.read_text() == text
     a, z = _h("alignzeg"), _h("zegclip")
-    assert f"AlignZeg has the highest hIoU ({a.mean():.2f} ± {np.std(a, ddof=1):.2f} over 3 seed(s))" in text
-    assert f"{a.mean() - z.mean():.2f} points above ZegCLIP ({z.mean():.2f} ± {np.std(z, ddof=1):.2f})" in text
-    assert f"per-seed difference is {np.mean(a - z):.2f} ± {np.std(a - z, ddof=1):.2f}" in text
+    t = {2: 12.706204736174707, 3: 4.302652729911275}  # Student-t 0.975 quantiles, n - 1 degrees of freedom
+
+    def half(x):
+        return t[len(x)] * np.std(x, ddof=1) / np.sqrt(len(x))
+
+    assert f"the highest mean hIoU ({a.mean():.2f} ± {half(a):.2f} over 3 seed(s))" in text
+    assert f"{a.mean() - z.mean():.2f} points above ZegCLIP ({z.mean():.2f} ± {half(z):.2f})" in text
+    d = a - z
+    diff = f"{np.mean(d):+.2f} ± {half(d):.2f} points"
+    assert f"the paired difference with its 95 % interval is {diff}" in text
+    assert ("(no measurable difference)" in text.split(diff, 1)[1][:30]) == (abs(np.mean(d)) <= half(d))
     assert "ahead on 3 of 3" in text
-    full = np.mean([hiou(*v) for v in ABLATION["full"][1].values()])
-    parent = np.mean([hiou(*v) for v in ABLATION["parent"][1].values()])
-    assert f"{full - parent:+.2f} points over the parent" in text
+    full_h = np.array([hiou(*v) for v in ABLATION["full"][1].values()])
+    parent_h = np.array([hiou(*v) for v in ABLATION["parent"][1].values()])
+    assert f"a paired difference of {np.mean(full_h - parent_h):+.2f} ± {half(full_h - parent_h):.2f} points" in text
     # the largest single-component gain in the fixture is PBC
-    assert "Added alone, PBC helps most" in text
+    assert "Added alone, PBC has the largest Δ hIoU against the parent: " in text
     for section in ("## Main results", "## Ablation", "## Figures", "## Published numbers"):
         assert section in text
 
@@ -125,7 +133,7 @@ def test_report_compares_ours_with_the_strongest_other_method(tmp_path):
     analyse(root, tmp_path / "s", Settings(names=names, ours="alignzeg", metric="mIoU_seen", plots=False))
     text = R.build_report(tmp_path / "s", tmp_path / "report_s.md")
     s = {m: _many_mean(m, lambda s, u: s) for m in MANY}
-    assert f"AlignZeg ranks 3 of 5, {s['alignzeg'] - s['zegclip']:.2f} points from ZegCLIP." in text
+    assert f"AlignZeg ranks 3 of 5, {s['alignzeg'] - s['zegclip']:.2f} points from ZegCLIP; paired difference " in text
     # the hIoU claim is not answered with a seen-mIoU difference; the unseen claim still is
     assert "Not measured here: the analysis ranks methods by mIoU_seen (analyse.metric), not hIoU." in text
     assert f"best other method (SAN-style parent) is {u['alignzeg'] - u['san-parent']:+.2f} unseen mIoU" in text
