@@ -227,6 +227,9 @@ def problems(params: Any, root: str | os.PathLike = ".") -> list[str]:
     for m in ev["methods"]:
         if m not in train["methods"]:
             out.append(f"evaluate.methods: {m!r} is not in train.methods")
+    for m in train["methods"]:  # the train stages evaluate every run they train
+        if m not in ev["methods"]:
+            out.append(f"train.methods: {m!r} is not in evaluate.methods (every trained method is evaluated)")
     for m in ev["training_free"]:
         if m not in configs:
             out.append(f"evaluate.training_free: {m!r} has no entry in train.configs")

@@ -4,10 +4,13 @@ Each method's config sets its own base learning rate. This tool trains every met
 factors of that rate (seed ``--seed``, the study's schedule from ``params.yaml``), evaluates each run on
 the **val** images (never test) and writes a table; the factor with the best val hIoU is the one a config
 should carry. Every method gets the same number of trainings, the same seed and the same selection rule,
-so no method is tuned harder than another.
+so no method is tuned harder than another. Methods that are one network with different switches (the
+AlignZeg parent and the full model, between which the ablation rows sit) share one factor (``--tie``):
+the one with the best mean val hIoU over them, so the ablation compares components, not learning rates.
+A run flagged collapsed is never chosen; a method with no valid factor keeps none and the table says so.
 
     python -m experiments.sweep --methods alignzeg san-parent zegclip two-stage \
-        --factors 0.1 0.25 0.5 1 2 --seed 0 --jobs 2
+        --factors 0.1 0.25 0.5 1 2 --seed 0 --jobs 2 --tie alignzeg san-parent
 
 Runs live in ``<runs_dir>/lr-sweep/x<factor>/<method>/seed<k>`` and their val results in
 ``<results_dir>/lr-sweep/x<factor>/<method>/seed<k>/val``; the table is
@@ -64,8 +67,13 @@ def run_one(params: dict, method: str, factor: float, seed: int) -> dict:
             **{k: flat[k] for k in COLUMNS if k in flat}}
 
 
-def choose(rows: list[dict]) -> dict[str, dict]:
-    """Per method, the row with the best val hIoU among runs that did not collapse (ties: smaller factor)."""
+def choose(rows: list[dict], ties: list[list[str]] | None = None) -> dict[str, dict]:
+    """Per method, the row with the best val hIoU among runs that did not collapse (ties: smaller factor).
+
+    ``ties``: groups of methods that must share one factor (the AlignZeg parent and the full model are
+    the same network with switches, and the ablation rows sit between them); a group takes the factor
+    with the best mean val hIoU over its members, at which none of them collapsed.
+    """
     best: dict[str, dict] = {}
     for row in sorted(rows, key=lambda r: (r["method"], r["factor"])):
         if row.get("collapsed"):
@@ -73,6 +81,18 @@ def choose(rows: list[dict]) -> dict[str, dict]:
         cur = best.get(row["method"])
         if cur is None or row[SELECT] > cur[SELECT]:
             best[row["method"]] = row
+    for group in ties or []:
+        by_factor: dict[float, list[dict]] = {}
+        for row in rows:
+            if row["method"] in group:
+                by_factor.setdefault(row["factor"], []).append(row)
+        scored = [(sum(r[SELECT] for r in rs) / len(rs), -f, rs) for f, rs in by_factor.items()
+                  if len(rs) == len(group) and not any(r.get("collapsed") for r in rs)]
+        for m in group:
+            best.pop(m, None)
+        if scored:
+            _, _, rs = max(scored, key=lambda x: (x[0], x[1]))
+            best.update({r["method"]: r for r in rs})
     return best
 
 
@@ -85,6 +105,10 @@ def summary_markdown(rows: list[dict], best: dict[str, dict]) -> str:
         chosen = "✓" if best.get(r["method"]) is r else ""
         lines.append(f"| {r['method']} | {r['factor']:g} | {r['lr']:.3g} | {r['mIoU_seen']:.2f} | "
                      f"{r['mIoU_unseen']:.2f} | {r['hIoU']:.2f} | {int(r.get('collapsed', 0))} | {chosen} |")
+    missing = sorted({r["method"] for r in rows} - set(best))
+    if missing:
+        lines += ["", "No factor chosen (every run collapsed or, for a tied group, some member did): "
+                  + ", ".join(missing) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -95,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="multiples of each config's base learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once")
+    parser.add_argument("--tie", nargs="+", action="append", metavar="METHOD",
+                        help="methods that share one factor, chosen by their mean val hIoU (repeatable)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "FACTOR"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
@@ -134,11 +160,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(launch, jobs))
-    best = choose(rows)
+    best = choose(rows, args.tie)
     from alignzeg.utils import atomic_write_json, atomic_write_text
 
     out = Path(params["base"]["results_dir"]) / "lr-sweep"
     atomic_write_json(out / "summary.json", {"select": f"val {SELECT}", "seed": args.seed, "rows": rows,
+                                             "ties": args.tie or [],
                                              "chosen": {m: r["factor"] for m, r in best.items()}})
     atomic_write_text(out / "summary.md", summary_markdown(rows, best))
     print(summary_markdown(rows, best), end="")

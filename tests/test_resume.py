@@ -129,6 +129,23 @@ def test_changed_param_clears_the_run_folder_and_matches_a_fresh_run(study, fres
     assert _sha(stale) != reference  # the param matters, so an old model would have been detected
 
 
+def test_finished_run_is_not_trained_again(study, fresh):
+    """What the `train --evaluate` stage does when only evaluation inputs changed: the run folder of the
+    same fingerprint is finished, so no iteration runs and model.pth comes back byte-identical."""
+    root, params = study
+    p = _at(params, root, "finished")
+    first = _sha(_train(p))
+    work = Path(p["base"]["runs_dir"]) / "alignzeg" / "seed0"
+    logs_before = set(work.rglob("*.log"))
+    again = _train(p)
+    new_logs = [f for f in work.rglob("*.log") if f not in logs_before]
+    assert len(new_logs) == 1
+    text = new_logs[0].read_text()
+    assert "resumed epoch: 0, iter: 6" in text
+    assert "Iter(train)" not in text  # no training iteration
+    assert _sha(again) == first == fresh[2]
+
+
 def test_interrupted_run_resumes_to_the_same_model_and_metrics(study, fresh):
     from experiments import pipeline as P
 
