@@ -333,6 +333,51 @@ def plot_seen_unseen_scatter(table: pd.DataFrame, per_seed: pd.DataFrame | None,
     return {"files": files, "stats": {"levels": drawn, "seen_minus_unseen": gaps}}
 
 
+def plot_su_curves(curves: dict[str, list[dict]], names: dict[str, str], out_dir: Path,
+                   ours: str | None = None) -> dict[str, Any]:
+    """Seen–unseen curves of a constant seen-score offset γ (one line per run, a method's seeds in one
+    colour of the colour-blind-safe palette), the γ = 0 operating points marked, hIoU iso-curves in grey.
+    ``curves``: method -> list of the runs' ``gamma_sweep`` dicts (metric JSON)."""
+    import seaborn as sns
+
+    curves = {m: [c for c in cs if c and c.get("S")] for m, cs in curves.items()}
+    curves = {m: cs for m, cs in curves.items() if cs}
+    if not curves:
+        return {"skipped": "no run has a gamma sweep (evaluate.gamma_points = 0?)"}
+    colors = sns.color_palette("colorblind", max(3, len(curves)))
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    s_grid = np.linspace(1e-6, 100.0, 400)
+    for h in np.arange(10.0, 100.0, 10.0):
+        u = iso_hiou(h, s_grid)
+        ok = np.isfinite(u) & (u >= 0) & (u <= 100)
+        if ok.sum() >= 2:
+            ax.plot(s_grid[ok], u[ok], color="lightgrey", lw=0.8, zorder=1)
+    stats = {}
+    for i, (m, cs) in enumerate(curves.items()):
+        areas = []
+        for j, c in enumerate(cs):
+            su = np.array([[x if x is not None else np.nan, y if y is not None else np.nan]
+                           for x, y in zip(c["S"], c["U"])], dtype=float)
+            label = f"{names.get(m, m)} (AUSUC {np.nanmean([d.get('ausuc') or np.nan for d in cs]):.3f})" \
+                if j == 0 else None
+            ax.plot(su[:, 0], su[:, 1], color=colors[i], lw=1.6 if m == ours else 1.0, alpha=0.85, zorder=2,
+                    label=label)
+            g = [str(x) for x in c["gammas"]]
+            if "0.0" in g:
+                k = g.index("0.0")
+                ax.scatter([su[k, 0]], [su[k, 1]], color=colors[i], s=18, zorder=3)
+            areas.append(c.get("ausuc"))
+        stats[m] = {"ausuc_per_run": areas, "runs": len(cs)}
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("seen mIoU S (%)")
+    ax.set_ylabel("unseen mIoU U (%)")
+    ax.set_title("Seen-unseen curves of a seen-score offset; dots: γ = 0")
+    ax.legend(loc="best", fontsize=7)
+    files = save_figure(fig, out_dir, "su_curves")
+    return {"files": files, "stats": stats}
+
+
 # --------------------------------------------------------------------------------------------- driver
 def make_all(runs, table: pd.DataFrame, pmean: pd.DataFrame, shares: dict[str, dict[str, Any]],
              out_dir: str | Path, settings) -> dict[str, Any]:
@@ -393,4 +438,7 @@ def make_all(runs, table: pd.DataFrame, pmean: pd.DataFrame, shares: dict[str, d
                                   "mIoU_unseen": r.metrics["mIoU_unseen"]} for r in main_runs])
     record("seen_unseen_scatter", "Seen vs unseen mIoU with hIoU iso-curves",
            plot_seen_unseen_scatter(table, per_seed, out_dir, settings.ours))
+    record("su_curves", "Seen-unseen curves of a constant seen-score offset (calibrated stacking)",
+           plot_su_curves({m: [r.metrics.get("gamma_sweep") for r in main_runs if r.method == m] for m in methods},
+                          names, out_dir, settings.ours))
     return figures

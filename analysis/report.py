@@ -235,6 +235,19 @@ def figure_paragraph(fid: str, fig: dict[str, Any], summary: dict[str, Any], d: 
             if len(order) > 1 and order[0][1] < order[1][1]:
                 text += f" {_disp(summary, order[0][0])} has the smallest gap."
         return text
+    if kind == "su_curves":
+        parts = []
+        for m, v in st.items():
+            areas = [a for a in (v.get("ausuc_per_run") or []) if a is not None]
+            if areas:
+                n = len(areas)
+                mean = sum(areas) / n
+                sd = (sum((a - mean) ** 2 for a in areas) / (n - 1)) ** 0.5 if n > 1 else float("nan")
+                parts.append(f"{_disp(summary, m)} {_ci(100 * mean, 100 * sd, n, d)}")
+        return ("Each line is one run: a constant γ subtracted from every seen-class score, swept from 'all "
+                "seen' (U = 0) to 'all unseen' (S = 0); the dot is the method's own operating point (γ = 0); "
+                "grey curves join points of equal hIoU. Area under each curve (AUSUC × 100, mean ± 95 % "
+                "interval over seeds): " + ", ".join(parts) + ".") if parts else ""
     return ""
 
 

@@ -71,7 +71,11 @@ MAIN_METRICS: dict[str, str] = {
 }
 REQUIRED_KEYS = tuple(MAIN_METRICS)
 # written where the split names its stuff classes; carried into the main table when present
-OPTIONAL_COLUMNS: dict[str, str] = {"mIoU_unseen_stuff": "U-stuff", "mIoU_unseen_objects": "U-objects"}
+OPTIONAL_COLUMNS: dict[str, str] = {"mIoU_unseen_stuff": "U-stuff", "mIoU_unseen_objects": "U-objects",
+                                    "AUSUC": "AUSUC", "hIoU_cal": "hIoU cal."}
+# from the metric JSON's gamma_sweep (alignzeg.evaluation.calibration): AUSUC x 100, and the metrics at the
+# seen-score offset chosen on val
+CALIBRATED = {"mIoU_seen_cal": "S", "mIoU_unseen_cal": "U", "hIoU_cal": "hIoU"}
 DERIVED_METRICS = ("seen_unseen_gap",)  # S - U: the misalignment gap, per run
 DASH = "–"
 
@@ -348,6 +352,14 @@ def tidy_runs(runs: Iterable[Run]) -> pd.DataFrame:
         for key in OPTIONAL_COLUMNS:
             if r.metrics.get(key) is not None:
                 rows.append((r.group, r.method, r.seed, key, float(r.metrics[key])))
+        sweep = r.metrics.get("gamma_sweep") or {}
+        if sweep.get("ausuc") is not None:
+            rows.append((r.group, r.method, r.seed, "AUSUC", 100.0 * float(sweep["ausuc"])))
+        cal = sweep.get("calibrated") or {}
+        for key, src in (("mIoU_seen_cal", "S"), ("mIoU_unseen_cal", "U"), ("hIoU_cal", "hIoU"),
+                         ("gamma_cal", "gamma")):
+            if cal.get(src) is not None:
+                rows.append((r.group, r.method, r.seed, key, float(cal[src])))
         rows.append((r.group, r.method, r.seed, "seen_unseen_gap",
                      float(r.metrics["mIoU_seen"]) - float(r.metrics["mIoU_unseen"])))
         rows.append((r.group, r.method, r.seed, "collapsed", run_collapsed(r.metrics)))
@@ -462,8 +474,36 @@ def main_table(tidy: pd.DataFrame, names: dict[str, str] | None = None,
             for stat in ("mean", "std", "ci95"):
                 row[f"{col}_{stat}"] = float(s.at[key, stat])
         row["n_collapsed"] = collapsed.get(m, 0)
+        row["kind"] = "method"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def add_calibrated_rows(table: pd.DataFrame, tidy: pd.DataFrame, methods: Iterable[str],
+                        group: str = "main") -> pd.DataFrame:
+    """Insert, below each of ``methods``, a row of its runs at the seen-score offset γ chosen on val
+    (calibrated stacking, Chao et al. ECCV 2016): S, U, hIoU from ``mIoU_seen_cal`` etc., the other
+    columns empty. Methods without calibrated metrics get no row."""
+    if table.empty:
+        return table
+    stats = summarise(tidy[(tidy["group"] == group) & tidy["metric"].isin(list(CALIBRATED) + ["gamma_cal"])])
+    out = []
+    for _, r in table.iterrows():
+        out.append(r.to_dict())
+        m = r["method"]
+        if m not in set(methods) or r.get("kind") != "method":
+            continue
+        s = stats[stats["method"] == m].set_index("metric")
+        if "hIoU_cal" not in s.index:
+            continue
+        row = {k: (float("nan") if k.endswith(("_mean", "_std", "_ci95")) else v) for k, v in r.items()}
+        for key, col in CALIBRATED.items():
+            for stat in ("mean", "std", "ci95"):
+                row[f"{col}_{stat}"] = float(s.at[key, stat])
+        row.update(method=f"{m}+cal", display=f"{r['display']} + γ from val", kind="calibrated",
+                   gamma_mean=float(s.at["gamma_cal", "mean"]) if "gamma_cal" in s.index else float("nan"))
+        out.append(row)
+    return pd.DataFrame(out)
 
 
 def main_table_markdown(table: pd.DataFrame, decimals: int = 2, ours: str | None = None) -> str:
@@ -471,13 +511,14 @@ def main_table_markdown(table: pd.DataFrame, decimals: int = 2, ours: str | None
     header = ["Method"] + [f"{c} (%)" for c in cols]
     header += ["seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    best_h = table["hIoU_mean"].max() if not table.empty else None
+    methods_only = table[table["kind"] == "method"] if "kind" in table else table
+    best_h = methods_only["hIoU_mean"].max() if not table.empty else None
     for _, r in table.iterrows():
         name = r["display"] + (" (ours)" if ours and r["method"] == ours else "")
         cells = [name]
         for col in cols:
             cell = fmt_pm(r[f"{col}_mean"], r[f"{col}_ci95"], decimals)
-            if col == "hIoU" and r["hIoU_mean"] == best_h:
+            if col == "hIoU" and r["hIoU_mean"] == best_h and r.get("kind", "method") == "method":
                 cell = f"**{cell}**"
             cells.append(cell)
         cells.append(_seeds_cell(r))
@@ -487,7 +528,13 @@ def main_table_markdown(table: pd.DataFrame, decimals: int = 2, ours: str | None
                  "S/U = mIoU over seen/unseen classes, "
                  "hIoU = 2SU/(S+U) per run, unseen→seen = share of unseen-class pixels predicted as a seen class "
                  "(lower is better)" + ("; U-stuff / U-objects = unseen mIoU over the unseen stuff / object classes"
-                                        if len(cols) > len(MAIN_METRICS) else "") + ". Bold: highest mean hIoU.")
+                                        if "U-stuff" in cols else "")
+                 + ("; AUSUC = area under the seen-unseen curve of a constant seen-score offset γ swept from "
+                    "'all seen' to 'all unseen' (x 100, S and U as fractions); hIoU cal. = hIoU at the γ "
+                    "with the best val hIoU, applied on test" if "AUSUC" in cols or "hIoU cal." in cols else "")
+                 + ("; '+ γ from val' rows: that method at its val-chosen γ (calibrated stacking)"
+                    if "kind" in table and (table["kind"] == "calibrated").any() else "")
+                 + ". Bold: highest mean hIoU of a method.")
     if "n_collapsed" in table and table["n_collapsed"].sum():
         lines.append("")
         lines.append(COLLAPSE_NOTE)
@@ -815,6 +862,7 @@ class Settings:
     decimals: int = 2
     plots: bool = True
     params: str | None = None                             # the params file these settings come from
+    calibrated: list[str] = field(default_factory=list)   # methods shown again at their val-chosen γ
 
     def to_dict(self) -> dict[str, Any]:
         return {"names": self.names, "order": list(self.names), "ours": self.ours, "dataset": self.dataset,
@@ -860,6 +908,7 @@ def load_settings(params: str | Path | None, section: str = "analyse") -> Settin
     st.metric = str(sec.get("metric", st.metric))
     st.top_k = int(sec.get("top_k", st.top_k))
     st.decimals = int(sec.get("decimals", st.decimals))
+    st.calibrated = [str(m) for m in (sec.get("calibrated") or [])]
     if st.metric not in REQUIRED_KEYS:
         raise ValueError(f"--params {path}: {section}.metric must be one of {REQUIRED_KEYS}, got {st.metric!r}")
     if st.setting not in ("inductive", "transductive"):
@@ -909,6 +958,7 @@ def analyse(results: str | Path, out: str | Path, settings: Settings | None = No
     loc_methods = [m for m in all_main if m in unseen_loc]
     table = main_table(tidy[~tidy["method"].isin(loc_methods)], st.names, main_methods) if main_methods \
         else pd.DataFrame()
+    table = add_calibrated_rows(table, tidy, st.calibrated)
     loc_table = main_table(tidy[tidy["method"].isin(loc_methods)], st.names, loc_methods) if loc_methods \
         else pd.DataFrame()
     abl = ablation_table(runs, tidy)
@@ -950,7 +1000,8 @@ def analyse(results: str | Path, out: str | Path, settings: Settings | None = No
         if st.plots:
             from analysis import plots
 
-            figures = plots.make_all(runs, table, pmean, shares, tmp / "figures", st)
+            methods_only = table[table["kind"] == "method"] if "kind" in table else table
+            figures = plots.make_all(runs, methods_only, pmean, shares, tmp / "figures", st)
         (tmp / "figures.json").write_text(json.dumps(_json_safe(figures), indent=1) + "\n")
         (tmp / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1) + "\n")
         _readable(tmp)

@@ -50,8 +50,9 @@ from experiments.params import load as load_params  # noqa: E402,F401  (public n
 from experiments.params import variant_components as _variant_components  # noqa: E402
 
 FLAT_METRICS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "collapsed")
-# written when defined (the split names its stuff classes)
-OPTIONAL_METRICS = ("mIoU_unseen_stuff", "mIoU_unseen_objects")
+# written when defined (the split names its stuff classes; the γ sweep runs: evaluate.gamma_points)
+OPTIONAL_METRICS = ("mIoU_unseen_stuff", "mIoU_unseen_objects", "AUSUC", "mIoU_seen_cal", "mIoU_unseen_cal",
+                    "hIoU_cal", "gamma_cal")
 ABLATION = "ablation"
 CHECK_FILE = "params-check.txt"
 _RUN_IDS = itertools.count()
@@ -291,21 +292,51 @@ def evaluate_run(params: dict, name: str, seed: int, group: str = "",
 
     ``split='test'`` (the DVC stages) writes to the run's result folder; ``split='val'`` evaluates the
     validation images instead, for choices made on val, and writes to ``<result folder>/val``.
+
+    With ``evaluate.gamma_points > 0`` every evaluation also sweeps a constant offset γ on the seen-class
+    scores in the same pass (:mod:`alignzeg.evaluation.calibration`: the S(γ), U(γ) curve and its area,
+    AUSUC). A test evaluation first evaluates val (``<result folder>/val``), takes the γ with the best val
+    hIoU and reports the test metrics at that γ beside the plain ones (``*_cal``): calibrated stacking
+    with its offset chosen on val, never on test.
     """
+    from alignzeg.evaluation.calibration import best_gamma
+
+    if split not in ("test", "val"):
+        raise SystemExit(f"evaluate --split: expected test or val, got {split!r}")
+    ev = params["evaluate"]
+    out = result_dir(params, name, seed, group)
+    training_free = name in ev["training_free"]
+    if checkpoint is None and not training_free:
+        checkpoint = run_dir(params, name, seed, group) / "model.pth"
+    if checkpoint is not None and not checkpoint.is_file():
+        raise SystemExit(f"checkpoint not found: {checkpoint} (run the train stage first)")
+    points = int(ev.get("gamma_points") or 0)
+    if split == "val":
+        return _evaluate_pass(params, name, seed, group, checkpoint, "val", out / "val",
+                              dict(num=points) if points else None)
+    sweep = None
+    if points:
+        sweep = dict(num=points)
+        if load_run_config(params, name, group).get("val_split_dataloader") is not None:
+            _evaluate_pass(params, name, seed, group, checkpoint, "val", out / "val", dict(num=points),
+                           score_hook=False)
+            curve = json.loads((out / "val" / "zeroshot_metrics.json").read_text())["gamma_sweep"]
+            sweep["calibrated"] = best_gamma([float(g) for g in curve["gammas"]], curve["hIoU"])
+    return _evaluate_pass(params, name, seed, group, checkpoint, "test", out, sweep)
+
+
+def _evaluate_pass(params: dict, name: str, seed: int, group: str, checkpoint: Path | None, split: str,
+                   out: Path, gamma_sweep: dict | None, score_hook: bool = True) -> dict:
+    """One evaluation of ``split`` into ``out``: a runner of its own, the checkpoint loaded strictly."""
     from mmengine.runner import Runner
 
     from alignzeg.utils import atomic_write_json
     from experiments.test import _set_output_dir, load_strict
-    from experiments.train import prepare_runtime
+    from experiments.train import prepare_runtime, zeroshot_metric_cfgs
 
     prepare_runtime()
     _set_threads(params)
     ev = params["evaluate"]
-    out = result_dir(params, name, seed, group)
-    if split == "val":
-        out = out / "val"
-    elif split != "test":
-        raise SystemExit(f"evaluate --split: expected test or val, got {split!r}")
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_run_config(params, name, group)
     if split == "val":
@@ -318,21 +349,19 @@ def evaluate_run(params: dict, name: str, seed: int, group: str = "",
     cfg.randomness = dict(cfg.get("randomness") or {}, seed=int(seed))
     cfg.model.text.cache_dir = str(_run_text_cache(params["base"]["text_cache"], work))
     _own_visualizer(cfg)
-    training_free = name in ev["training_free"]
-    if checkpoint is None and not training_free:
-        checkpoint = run_dir(params, name, seed, group) / "model.pth"
-    if checkpoint is not None and not checkpoint.is_file():
-        raise SystemExit(f"checkpoint not found: {checkpoint} (run the train stage first)")
     cfg.load_from = None
     cfg.resume = False
     for key in ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler"):
         cfg.pop(key, None)
     if not _set_output_dir(cfg.test_evaluator, str(out)):
         raise SystemExit(f"{name}: test_evaluator has no ZeroShotIoUMetric")
-    softmax = name in ev["score_softmax"] or (group == ABLATION and params["ablate"]["method"] in ev["score_softmax"])
+    for metric in zeroshot_metric_cfgs(cfg.test_evaluator):
+        metric["gamma_sweep"] = gamma_sweep
     hooks = list(cfg.get("custom_hooks") or [])
-    hooks.append(dict(type="UnseenScoreSamplerHook", out_file=str(out / "scores.npz"),
-                      max_samples=int(ev["score_samples"]), seed=int(seed), apply_softmax=softmax))
+    if score_hook:
+        softmax = name in ev["score_softmax"] or (group == ABLATION and params["ablate"]["method"] in ev["score_softmax"])
+        hooks.append(dict(type="UnseenScoreSamplerHook", out_file=str(out / "scores.npz"),
+                          max_samples=int(ev["score_samples"]), seed=int(seed), apply_softmax=softmax))
     cfg.custom_hooks = hooks
     import alignzeg.engine.score_hook  # noqa: F401  registers the hook
 
@@ -350,7 +379,7 @@ def evaluate_run(params: dict, name: str, seed: int, group: str = "",
     atomic_write_json(out / "protocol.json", run_protocol(cfg))
     if group == ABLATION:
         atomic_write_json(out / "components.json", variant_components(name))
-    print(json.dumps({"method": name, "seed": seed, **{k: round(v, 2) for k, v in flat.items()}}))
+    print(json.dumps({"method": name, "seed": seed, "split": split, **{k: round(v, 2) for k, v in flat.items()}}))
     return flat
 
 

@@ -74,7 +74,8 @@ def _check_svg(path):
 def test_every_figure_written_as_png_and_svg(analysed):
     figures = json.loads((analysed / "figures.json").read_text())
     expected = {"per_class_iou/alignzeg", "per_class_iou/zegclip", "unseen_to_seen/alignzeg",
-                "unseen_to_seen/zegclip", "score_distributions", "indicator_roc", "seen_unseen_scatter"}
+                "unseen_to_seen/zegclip", "score_distributions", "indicator_roc", "seen_unseen_scatter",
+                "su_curves"}
     assert set(figures) == expected
     for fid, fig in figures.items():
         assert "skipped" not in fig, fid

@@ -50,13 +50,23 @@ def test_report_links_every_figure(report_text, analysed):
     text, out = report_text
     figures = json.loads((analysed / "figures.json").read_text())
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(links) == len(figures) == 7
+    assert len(links) == len(figures) == 8
     for link in links:
         assert (out.parent / link).resolve().is_file(), link
     # one paragraph per figure, generated from its stats
     roc = figures["indicator_roc"]["stats"]["alignzeg"]
     assert f"AUC {roc['auc']:.3f}" in text
     assert "Seen minus unseen mIoU (the misalignment gap): AlignZeg 10.33, ZegCLIP 24.00" in text
+    # the S-U curves' paragraph: AUSUC x 100 per method, recomputed from the fixture's curves by trapezoids
+    t3 = 4.302652729911275
+    for name, method in (("AlignZeg", "alignzeg"), ("ZegCLIP", "zegclip")):
+        areas = []
+        for s, u in MAIN[method].values():
+            pts = sorted(zip([0.0, s - 10, s, s + 5, s + 10], [u + 8, u + 5, u, u - 5, 0.0]))
+            xs, ys = np.array(pts).T / 100.0
+            areas.append(100 * float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2)))
+        a = np.array(areas)
+        assert f"{name} {a.mean():.2f} ± {t3 * a.std(ddof=1) / np.sqrt(3):.2f}" in text
 
 
 def test_published_numbers_beside_reproduced_on_the_same_dataset(report_text):

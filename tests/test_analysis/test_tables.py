@@ -276,7 +276,9 @@ def test_cli_analyse_writes_every_table(results_root, tmp_path):
         assert (out / name).is_file(), name
     long = pd.read_csv(out / "runs_long.csv")
     assert set(long.columns) == {"group", "method", "seed", "metric", "value"}
-    assert len(long) == (4 + 20) * 8  # S, U, hIoU, aAcc, unseen->seen, mIoU, the seen-unseen gap, collapsed
+    # S, U, hIoU, aAcc, unseen->seen, mIoU, the seen-unseen gap, collapsed; the main runs also carry a
+    # gamma sweep: AUSUC and S, U, hIoU, γ at the val-chosen offset
+    assert len(long) == (4 + 20) * 8 + 4 * 5
     summary = json.loads((out / "summary.json").read_text())
     assert summary["winner"]["winner"] == "alignzeg"
     assert summary["settings"]["dataset"] == "synthetic"
@@ -308,3 +310,26 @@ def test_components_disagreeing_between_seeds_is_an_error(results_root):
     (seeds[1] / "components.json").write_text(json.dumps({"mrpe": False, "fes": True, "bds": True, "pbc": True}))
     with pytest.raises(ValueError, match="differ from"):
         T.discover_runs(results_root)
+
+
+def test_main_table_carries_ausuc_calibrated_hiou_and_a_calibrated_row(analysed):
+    """AUSUC x 100 and hIoU at the val-chosen γ per method; 'ZegCLIP + γ from val' below ZegCLIP with that
+    method's S, U, hIoU at the chosen γ (the fixture's curves: S - 10, U + 5 at γ = 1)."""
+    from tests.test_analysis.conftest import MAIN, hiou
+
+    table = pd.read_csv(analysed / "main_table.csv")
+    assert list(table["method"]) == ["alignzeg", "zegclip", "zegclip+cal"]
+    assert list(table["kind"]) == ["method", "method", "calibrated"]
+    cal = table.set_index("method").loc["zegclip+cal"]
+    su = np.array(list(MAIN["zegclip"].values()), dtype=float)
+    assert cal["S_mean"] == pytest.approx((su[:, 0] - 10).mean())
+    assert cal["U_mean"] == pytest.approx((su[:, 1] + 5).mean())
+    assert cal["hIoU_mean"] == pytest.approx(np.mean([hiou(s - 10, u + 5) for s, u in su]))
+    assert cal["gamma_mean"] == 1.0 and np.isnan(cal["aAcc_mean"])
+    zeg = table.set_index("method").loc["zegclip"]
+    assert zeg["hIoU cal._mean"] == pytest.approx(cal["hIoU_mean"])
+    md = (analysed / "main_table.md").read_text()
+    assert "| ZegCLIP + γ from val |" in md and "AUSUC (%)" in md and "hIoU cal. (%)" in md
+    # bold marks the best method, never a calibrated row
+    bold = [line for line in md.splitlines() if "**" in line]
+    assert len(bold) == 1 and "+ γ from val" not in bold[0]
