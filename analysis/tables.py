@@ -703,6 +703,62 @@ def ablation_markdown(table: pd.DataFrame, decimals: int = 2) -> str:
 
 
 # --------------------------------------------------------------------------------------------- winner
+def paired_differences(tidy: pd.DataFrame, ours: str | None, methods: Iterable[str],
+                       calibrated: Iterable[str] = (), group: str = "main") -> pd.DataFrame:
+    """``ours`` minus every other method, per seed both have: hIoU and unseen mIoU, with the 95 %
+    Student-t interval of the paired differences; for each method in ``calibrated`` also ``ours`` minus
+    that method at its val-chosen γ (``hIoU_cal``, ``mIoU_unseen_cal``). ``significant`` is False when the
+    interval contains zero (or is undefined)."""
+    rows = []
+    if ours is None:
+        return pd.DataFrame(rows)
+    sel = tidy[tidy["group"] == group]
+
+    def per_seed(method: str, metric: str) -> pd.Series:
+        return sel[(sel["method"] == method) & (sel["metric"] == metric)].set_index("seed")["value"]
+
+    pairs = [(m, m, metric, metric) for m in methods if m != ours for metric in ("hIoU", "mIoU_unseen")]
+    pairs += [(f"{m}+cal", m, metric, metric + "_cal") for m in calibrated
+              for metric in ("hIoU", "mIoU_unseen")]
+    for label, other, metric, other_metric in pairs:
+        a, b = per_seed(ours, metric), per_seed(other, other_metric)
+        common = a.index.intersection(b.index)
+        if len(common) == 0:
+            continue
+        d = (a.loc[common] - b.loc[common]).to_numpy(dtype=float)
+        std = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
+        half = ci95(std, len(d))
+        rows.append({"ours": ours, "other": label, "metric": metric, "n": int(len(d)), "diff_mean": float(d.mean()),
+                     "diff_std": std, "diff_ci95": half,
+                     "significant": bool(math.isfinite(half) and abs(float(d.mean())) > half)})
+    return pd.DataFrame(rows)
+
+
+def paired_markdown(table: pd.DataFrame, names: dict[str, str], decimals: int = 2) -> str:
+    if table.empty:
+        return ""
+    ours = names.get(table["ours"].iloc[0], table["ours"].iloc[0])
+    lines = [f"| {ours} minus | Δ hIoU | Δ U | seeds |", "|---|---:|---:|---:|"]
+    for other, g in table.groupby("other", sort=False):
+        base = other[:-4] if other.endswith("+cal") else other
+        label = names.get(base, base) + (" + γ from val" if other.endswith("+cal") else "")
+        cells = []
+        for metric in ("hIoU", "mIoU_unseen"):
+            r = g[g["metric"] == metric]
+            if r.empty:
+                cells.append(DASH)
+                continue
+            r = r.iloc[0]
+            cell = f"{r['diff_mean']:+.{decimals}f}" + (f" ± {r['diff_ci95']:.{decimals}f}"
+                                                        if math.isfinite(r["diff_ci95"]) else "")
+            cells.append(cell + ("" if r["significant"] else " (n.s.)"))
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {int(g['n'].max())} |")
+    lines.append("")
+    lines.append("Paired per-seed differences (same seed), mean ± half-width of their 95 % Student-t interval; "
+                 "(n.s.) = the interval contains zero (or one seed only): no measurable difference.")
+    return "\n".join(lines) + "\n"
+
+
 def compare(tidy: pd.DataFrame, a: str, b: str, metric: str = "hIoU", group: str = "main") -> dict[str, Any]:
     """Method ``a`` minus method ``b`` on ``metric``.
 
@@ -989,6 +1045,11 @@ def analyse(results: str | Path, out: str | Path, settings: Settings | None = No
             if not loc_table.empty:
                 md += ("\nNot strictly inductive (the class indicator learns from where the unseen pixels lie; "
                        "not comparable with the rows above):\n\n" + main_table_markdown(loc_table, st.decimals))
+            paired = paired_differences(tidy, st.ours if st.ours in main_methods else None, main_methods,
+                                        [m for m in st.calibrated if m in main_methods])
+            if not paired.empty:
+                paired.to_csv(tmp / "paired_differences.csv", index=False)
+                md += "\n" + paired_markdown(paired, st.names, st.decimals)
             if summary["oracle"]:
                 md += "\n" + oracle_markdown(summary["oracle"], st.decimals)
             (tmp / "main_table.md").write_text(md)

@@ -333,3 +333,24 @@ def test_main_table_carries_ausuc_calibrated_hiou_and_a_calibrated_row(analysed)
     # bold marks the best method, never a calibrated row
     bold = [line for line in md.splitlines() if "**" in line]
     assert len(bold) == 1 and "+ γ from val" not in bold[0]
+
+
+def test_paired_differences_of_ours_against_every_method_and_the_calibrated_row(analysed):
+    from tests.test_analysis.conftest import MAIN, hiou
+
+    t3 = 4.302652729911275
+    paired = pd.read_csv(analysed / "paired_differences.csv")
+    a = np.array([hiou(s, u) for s, u in MAIN["alignzeg"].values()])
+    z = np.array([hiou(s, u) for s, u in MAIN["zegclip"].values()])
+    zc = np.array([hiou(s - 10, u + 5) for s, u in MAIN["zegclip"].values()])
+    for other, ref in (("zegclip", a - z), ("zegclip+cal", a - zc)):
+        row = paired[(paired["other"] == other) & (paired["metric"] == "hIoU")].iloc[0]
+        assert row["diff_mean"] == pytest.approx(ref.mean())
+        assert row["diff_ci95"] == pytest.approx(t3 * ref.std(ddof=1) / np.sqrt(3))
+        assert bool(row["significant"]) == (abs(ref.mean()) > t3 * ref.std(ddof=1) / np.sqrt(3))
+    u = paired[(paired["other"] == "zegclip") & (paired["metric"] == "mIoU_unseen")].iloc[0]
+    du = np.array([MAIN["alignzeg"][k][1] - MAIN["zegclip"][k][1] for k in range(3)])
+    assert u["diff_mean"] == pytest.approx(du.mean())
+    md = (analysed / "main_table.md").read_text()
+    assert "| AlignZeg minus | Δ hIoU | Δ U | seeds |" in md
+    assert f"| ZegCLIP + γ from val | {(a - zc).mean():+.2f} ± {t3 * (a - zc).std(ddof=1) / np.sqrt(3):.2f}" in md
