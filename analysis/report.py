@@ -252,6 +252,15 @@ def figure_paragraph(fid: str, fig: dict[str, Any], summary: dict[str, Any], d: 
 
 
 # --------------------------------------------------------------------------------------------- published
+def published_hiou_consistent(s: float, u: float, h: float, decimals: int = 1) -> bool:
+    """Whether a printed hIoU equals 2SU/(S+U) of the printed S and U, to the printed precision (any S, U
+    within half a unit of the last printed digit may have produced it)."""
+    half = 0.5 * 10 ** -decimals
+    lo = min(2 * a * b / (a + b) for a in (s - half, s + half) for b in (u - half, u + half) if a + b > 0)
+    hi = max(2 * a * b / (a + b) for a in (s - half, s + half) for b in (u - half, u + half) if a + b > 0)
+    return lo - half <= h <= hi + half
+
+
 def published_section(paper: dict[str, Any], summary: dict[str, Any], main: pd.DataFrame,
                       dataset: str | None, setting: str, d: int = 2) -> str:
     datasets, sources = paper.get("datasets") or {}, paper.get("sources") or {}
@@ -265,15 +274,23 @@ def published_section(paper: dict[str, Any], summary: dict[str, Any], main: pd.D
         where = (f"The analysed runs are on dataset `{dataset}` = {datasets[ours_key].get('name', ours_key)} "
                  f"({setting}).")
     lines += [where + " Published values are ViT-B/16 mIoU (%) from the cited source; reproduced values are "
-              "mean ± sample std over this suite's seeds.", ""]
+              "mean ± 95 % interval over this suite's seeds. ⚑ marks a published hIoU that is not "
+              "2SU/(S+U) of its own S and U (to the printed precision).", ""]
     lines += ["| Method | Backbone | Dataset | Setting | S | U | hIoU | Source | Reproduced S / U / hIoU | Δ hIoU |",
               "|---|---|---|---|---:|---:|---:|---|---|---:|"]
+    flagged = []
     for r in paper.get("results") or []:
         ds = datasets[r["dataset"]].get("name", r["dataset"])
         src = sources[r["source"]]
         src_md = f"[{r['source']}]({src['url']})" if src.get("url") else r["source"]
+        consistent = published_hiou_consistent(r["S"], r["U"], r["hIoU"])
+        h_cell = f"{r['hIoU']:.1f}" + ("" if consistent else " ⚑")
+        if not consistent:
+            flagged.append(f"{r.get('display', r['method'])} {ds} {r['setting']}: 2·{r['S']}·{r['U']}/"
+                           f"({r['S']}+{r['U']}) = {2 * r['S'] * r['U'] / (r['S'] + r['U']):.2f}, "
+                           f"printed {r['hIoU']}")
         cells = [r.get("display", r["method"]), r.get("backbone", ""), ds, r["setting"],
-                 f"{r['S']:.1f}", f"{r['U']:.1f}", f"{r['hIoU']:.1f}", src_md]
+                 f"{r['S']:.1f}", f"{r['U']:.1f}", h_cell, src_md]
         if ours_key != r["dataset"] or r["setting"] != setting:
             cells += ["no run on this dataset" if ours_key != r["dataset"] else f"no {r['setting']} run on this dataset", DASH]
         else:
@@ -281,10 +298,12 @@ def published_section(paper: dict[str, Any], summary: dict[str, Any], main: pd.D
             if row is None:
                 cells += [f"no run of {r.get('display', r['method'])} on this dataset", DASH]
             else:
-                cells += [" / ".join(_pm(row[f"{c}_mean"], row[f"{c}_std"], d) for c in ("S", "U", "hIoU")),
+                cells += [" / ".join(_pm(row[f"{c}_mean"], row[f"{c}_ci95"], d) for c in ("S", "U", "hIoU")),
                           f"{row['hIoU_mean'] - r['hIoU']:+.{d}f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if flagged:
+        lines += ["⚑ " + "; ".join(flagged) + ".", ""]
     claims = paper.get("claims") or []
     if claims:
         lines += ["Claims recorded as claims (relative numbers, not table entries):", ""]
@@ -387,11 +406,44 @@ def build_report(analysis: str | Path, out: str | Path, paper_table: str | Path 
     L += [published_section(load_paper_table(paper_table), summary, main, dataset, setting, d)]
     text = "\n".join(L).rstrip() + "\n"
     atomic_write_text(out, text)
+    html = out.with_suffix(".html")
+    atomic_write_text(html, report_html(text, out.parent, title or "Zero-shot segmentation results"))
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(out, 0o666 & ~umask)  # the atomic write's temporary file is private
-    log.info("report written to %s", out)
+    for path in (out, html):
+        os.chmod(path, 0o666 & ~umask)  # the atomic write's temporary file is private
+    log.info("report written to %s and %s", out, html)
     return text
+
+
+HTML_STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;line-height:1.45;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .5em}th{background:#f3f3f3}td{text-align:right}
+td:first-child{text-align:left}img{max-width:100%;height:auto}code{background:#f6f6f6;padding:0 .2em}"""
+
+
+def report_html(markdown_text: str, base: Path, title: str) -> str:
+    """The report as one HTML page that opens offline: Markdown rendered by markdown-it-py (CommonMark +
+    tables), every local PNG figure embedded as a base64 data URI (links to other files stay relative)."""
+    import base64
+    import html as html_lib
+    import re
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+
+    def embed(m: re.Match) -> str:
+        src = html_lib.unescape(m.group(2))
+        path = (base / src)
+        if re.match(r"^[a-z]+:", src) or not path.is_file() or path.suffix.lower() != ".png":
+            return m.group(0)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'{m.group(1)}data:image/png;base64,{data}{m.group(3)}'
+
+    body = re.sub(r'(<img src=")([^"]+)(")', embed, body)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html_lib.escape(title)}</title><style>{HTML_STYLE}</style></head>\n<body>\n{body}</body></html>\n")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
