@@ -181,6 +181,28 @@ def ablation_paragraph(abl: pd.DataFrame, d: int = 2) -> str:
     return " ".join(parts)
 
 
+def per_class_unseen_section(pmean: pd.DataFrame, summary: dict[str, Any], d: int = 2) -> list[str]:
+    """Unseen classes x main methods: IoU mean over seeds (the per-class view of the unseen mIoU)."""
+    if pmean.empty or "split" not in pmean:
+        return []
+    rows = pmean[(pmean["group"] == "main") & (pmean["split"] == "unseen")]
+    methods = [m for m in (summary.get("methods") or []) if m in set(rows["method"])]
+    if rows.empty or not methods:
+        return []
+    classes = list(dict.fromkeys(rows["class"]))
+    lines = ["## Per-class unseen IoU", "",
+             "| Unseen class | " + " | ".join(_disp(summary, m) for m in methods) + " |",
+             "|---|" + "---:|" * len(methods)]
+    for c in classes:
+        cells = []
+        for m in methods:
+            v = rows[(rows["class"] == c) & (rows["method"] == m)]["IoU_mean"]
+            cells.append(fmt(float(v.iloc[0]), d) if len(v) else DASH)
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    lines += ["", "IoU (%) of each unseen class, mean over seeds (all values: `per_class_mean.csv`).", ""]
+    return lines
+
+
 def figure_paragraph(fid: str, fig: dict[str, Any], summary: dict[str, Any], d: int = 2) -> str:
     if "skipped" in fig:
         return f"Not drawn: {fig['skipped']}."
@@ -382,6 +404,10 @@ def build_report(analysis: str | Path, out: str | Path, paper_table: str | Path 
     md = analysis / "main_table.md"
     L += [md.read_text().rstrip() if md.is_file() else "No main-method runs.", ""]
     L += [winner_paragraph(summary, d), ""]
+
+    pmean_path = analysis / "per_class_mean.csv"
+    if pmean_path.is_file():
+        L += per_class_unseen_section(pd.read_csv(pmean_path), summary, d)
 
     if not abl.empty:
         L += ["## Ablation", ""]

@@ -72,7 +72,8 @@ MAIN_METRICS: dict[str, str] = {
 REQUIRED_KEYS = tuple(MAIN_METRICS)
 # written where the split names its stuff classes; carried into the main table when present
 OPTIONAL_COLUMNS: dict[str, str] = {"mIoU_unseen_stuff": "U-stuff", "mIoU_unseen_objects": "U-objects",
-                                    "AUSUC": "AUSUC", "hIoU_cal": "hIoU cal."}
+                                    "AUSUC": "AUSUC", "hIoU_cal": "hIoU cal.",
+                                    "unseen_to_seen_balanced": "u→s bal.", "seen_to_unseen_balanced": "s→u bal."}
 # from the metric JSON's gamma_sweep (alignzeg.evaluation.calibration): AUSUC x 100, and the metrics at the
 # seen-score offset chosen on val
 CALIBRATED = {"mIoU_seen_cal": "S", "mIoU_unseen_cal": "U", "hIoU_cal": "hIoU"}
@@ -532,6 +533,8 @@ def main_table_markdown(table: pd.DataFrame, decimals: int = 2, ours: str | None
                  + ("; AUSUC = area under the seen-unseen curve of a constant seen-score offset γ swept from "
                     "'all seen' to 'all unseen' (x 100, S and U as fractions); hIoU cal. = hIoU at the γ "
                     "with the best val hIoU, applied on test" if "AUSUC" in cols or "hIoU cal." in cols else "")
+                 + ("; u→s bal. / s→u bal. = unseen→seen and seen→unseen error rates averaged over classes "
+                    "(each class weighs the same)" if "u→s bal." in cols else "")
                  + ("; '+ γ from val' rows: that method at its val-chosen γ (calibrated stacking)"
                     if "kind" in table and (table["kind"] == "calibrated").any() else "")
                  + ". Bold: highest mean hIoU of a method.")

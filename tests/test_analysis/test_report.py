@@ -166,3 +166,20 @@ def test_report_compares_ours_with_the_strongest_other_method(tmp_path):
     # the hIoU claim is not answered with a seen-mIoU difference; the unseen claim still is
     assert "Not measured here: the analysis ranks methods by mIoU_seen (analyse.metric), not hIoU." in text
     assert f"best other method (SAN-style parent) is {u['alignzeg'] - u['san-parent']:+.2f} unseen mIoU" in text
+
+
+def test_report_lists_the_unseen_classes_iou_per_method(report_text):
+    """The per-class unseen IoU table, each cell the mean over seeds of the fixture's per-class IoU."""
+    from tests.test_analysis.conftest import CLASSES, UNSEEN, metric_json
+
+    text, _ = report_text
+    assert "## Per-class unseen IoU" in text
+    section = text.split("## Per-class unseen IoU", 1)[1].split("\n## ", 1)[0]
+    for c in UNSEEN:
+        i = CLASSES.index(c)
+        cells = []
+        for m in ("alignzeg", "zegclip"):
+            vals = [metric_json(s, u, seed)["per_class"][i]["IoU"] for seed, (s, u) in MAIN[m].items()]
+            cells.append(f"{np.mean(vals):.2f}")
+        assert f"| {c} | {cells[0]} | {cells[1]} |" in section, c
+    assert not [c for c in CLASSES if c not in UNSEEN and f"| {c} |" in section]
