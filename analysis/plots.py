@@ -378,9 +378,39 @@ def plot_su_curves(curves: dict[str, list[dict]], names: dict[str, str], out_dir
     return {"files": files, "stats": stats}
 
 
+def plot_ablation_forest(abl: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
+    """The ablation as a forest plot: per row, Δ hIoU and Δ unseen mIoU against the parent with the 95 %
+    interval of the paired per-seed differences; the zero line is 'no difference'."""
+    import seaborn as sns
+
+    if abl is None or abl.empty or "delta_U" not in abl:
+        return {"skipped": "no ablation table"}
+    rows = abl[abl["kind"] != "parent"].reset_index(drop=True)
+    if rows.empty:
+        return {"skipped": "no ablation row besides the parent"}
+    colors = sns.color_palette("colorblind", 2)
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 0.45 * len(rows) + 1.4), sharey=True)
+    y = np.arange(len(rows))[::-1]
+    stats = {}
+    for ax, (col, label), color in zip(axes, (("hIoU", "Δ hIoU"), ("U", "Δ unseen mIoU")), colors):
+        mean = rows[f"delta_{col}"].to_numpy(dtype=float)
+        half = rows[f"delta_{col}_ci95"].to_numpy(dtype=float)
+        ax.axvline(0.0, color="grey", lw=0.8)
+        ax.errorbar(mean, y, xerr=np.where(np.isfinite(half), half, 0.0), fmt="o", color=color, capsize=3)
+        ax.set_xlabel(f"{label} vs parent (points)")
+        for r, m, h in zip(rows["variant"], mean, half):
+            stats.setdefault(r, {})[col] = {"delta": float(m), "ci95": float(h),
+                                            "significant": bool(np.isfinite(h) and abs(m) > h)}
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels(rows["label"])
+    fig.suptitle("Ablation against the parent: mean ± 95 % paired interval over seeds", fontsize=9)
+    files = save_figure(fig, out_dir, "ablation_forest")
+    return {"files": files, "stats": stats}
+
+
 # --------------------------------------------------------------------------------------------- driver
 def make_all(runs, table: pd.DataFrame, pmean: pd.DataFrame, shares: dict[str, dict[str, Any]],
-             out_dir: str | Path, settings) -> dict[str, Any]:
+             out_dir: str | Path, settings, ablation: pd.DataFrame | None = None) -> dict[str, Any]:
     """Every figure for the runs of ``analysis.tables``; returns {figure id: {title, files, stats} or skipped}.
 
     ``files`` are relative to the analysis folder (``figures/<name>``).
@@ -441,4 +471,7 @@ def make_all(runs, table: pd.DataFrame, pmean: pd.DataFrame, shares: dict[str, d
     record("su_curves", "Seen-unseen curves of a constant seen-score offset (calibrated stacking)",
            plot_su_curves({m: [r.metrics.get("gamma_sweep") for r in main_runs if r.method == m] for m in methods},
                           names, out_dir, settings.ours))
+    if ablation is not None and not ablation.empty:
+        record("ablation_forest", "Ablation: Δ hIoU and Δ unseen mIoU against the parent",
+               plot_ablation_forest(ablation, out_dir))
     return figures

@@ -257,6 +257,12 @@ def figure_paragraph(fid: str, fig: dict[str, Any], summary: dict[str, Any], d: 
             if len(order) > 1 and order[0][1] < order[1][1]:
                 text += f" {_disp(summary, order[0][0])} has the smallest gap."
         return text
+    if kind == "ablation_forest":
+        sig = [v for v, cols in st.items() for c, x in cols.items() if x.get("significant")]
+        return ("Each row: the variant's mean difference to the parent over the seeds both have, with the 95 % "
+                "interval of the paired differences; an interval that crosses the grey zero line is no "
+                "measurable difference. " + (f"Measurable: {', '.join(sorted(set(sig)))}." if sig else
+                                             "No row differs measurably from the parent."))
     if kind == "su_curves":
         parts = []
         for m, v in st.items():

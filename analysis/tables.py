@@ -624,6 +624,8 @@ def ablation_table(runs: Iterable[Run], tidy: pd.DataFrame) -> pd.DataFrame:
     collapsed = _collapsed_counts(tidy, "ablation")
     per_seed_h = {v: abl[(abl["method"] == v) & (abl["metric"] == "hIoU")].set_index("seed")["value"]
                   for v in comps}
+    per_seed_u = {v: abl[(abl["method"] == v) & (abl["metric"] == "mIoU_unseen")].set_index("seed")["value"]
+                  for v in comps}
     parents = [v for v, c in comps.items() if not any(c.values())]
     if len(parents) > 1:
         raise ValueError(f"ablation: several variants have every switch off: {parents}")
@@ -658,6 +660,13 @@ def ablation_table(runs: Iterable[Run], tidy: pd.DataFrame) -> pd.DataFrame:
         else:
             row["delta_hIoU"], row["delta_hIoU_std"], row["delta_n_paired"] = float("nan"), float("nan"), 0
         row["delta_hIoU_ci95"] = ci95(row["delta_hIoU_std"], row["delta_n_paired"])
+        if parent is not None and v != parent:  # the same for unseen mIoU (the ablation forest plot)
+            pu = per_seed_u[parent]
+            row["delta_U"] = row["U_mean"] - float(pu.mean())
+            std, n = _paired_diff(per_seed_u[v], pu)
+            row["delta_U_ci95"] = ci95(std, n)
+        else:
+            row["delta_U"], row["delta_U_ci95"] = (0.0 if v == parent else float("nan")), float("nan")
         # against the full model (the paired interval of the "removed" rows)
         if full is not None and v != full:
             fh = per_seed_h[full]
@@ -1065,7 +1074,7 @@ def analyse(results: str | Path, out: str | Path, settings: Settings | None = No
             from analysis import plots
 
             methods_only = table[table["kind"] == "method"] if "kind" in table else table
-            figures = plots.make_all(runs, methods_only, pmean, shares, tmp / "figures", st)
+            figures = plots.make_all(runs, methods_only, pmean, shares, tmp / "figures", st, abl)
         (tmp / "figures.json").write_text(json.dumps(_json_safe(figures), indent=1) + "\n")
         (tmp / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1) + "\n")
         _readable(tmp)

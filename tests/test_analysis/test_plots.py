@@ -75,7 +75,7 @@ def test_every_figure_written_as_png_and_svg(analysed):
     figures = json.loads((analysed / "figures.json").read_text())
     expected = {"per_class_iou/alignzeg", "per_class_iou/zegclip", "unseen_to_seen/alignzeg",
                 "unseen_to_seen/zegclip", "score_distributions", "indicator_roc", "seen_unseen_scatter",
-                "su_curves"}
+                "su_curves", "ablation_forest"}
     assert set(figures) == expected
     for fid, fig in figures.items():
         assert "skipped" not in fig, fid
@@ -150,3 +150,19 @@ def test_real_metric_json_with_undefined_values_plots(tmp_path):
 
     text = build_report(tmp_path / "out", tmp_path / "report.md")
     assert "Only one method has a defined hIoU: a" in text and "hIoU is undefined for b" in text
+
+
+def test_ablation_forest_stats_are_the_paired_differences(analysed):
+    """Δ hIoU and Δ U of '+ PBC' against the parent, recomputed from the fixture's per-seed numbers."""
+    from tests.test_analysis.conftest import ABLATION, hiou
+
+    stats = json.loads((analysed / "figures.json").read_text())["ablation_forest"]["stats"]
+    assert "parent" not in stats and len(stats) == len(ABLATION) - 1
+    p, a = ABLATION["parent"][1], ABLATION["add_pbc"][1]
+    dh = np.array([hiou(*a[k]) - hiou(*p[k]) for k in (0, 1)])
+    du = np.array([a[k][1] - p[k][1] for k in (0, 1)])
+    t1 = 12.706204736174707  # two seeds: 1 degree of freedom
+    assert stats["add_pbc"]["hIoU"]["delta"] == pytest.approx(dh.mean())
+    assert stats["add_pbc"]["hIoU"]["ci95"] == pytest.approx(t1 * dh.std(ddof=1) / np.sqrt(2))
+    assert stats["add_pbc"]["U"]["delta"] == pytest.approx(du.mean())
+    assert stats["add_pbc"]["U"]["ci95"] == pytest.approx(t1 * du.std(ddof=1) / np.sqrt(2))
