@@ -368,8 +368,10 @@ def plot_su_curves(curves: dict[str, list[dict]], names: dict[str, str], out_dir
                 ax.scatter([su[k, 0]], [su[k, 1]], color=colors[i], s=18, zorder=3)
             areas.append(c.get("ausuc"))
         stats[m] = {"ausuc_per_run": areas, "runs": len(cs)}
-    ax.set_xlim(0, 100)
-    ax.set_ylim(0, 100)
+    top = max([v for cs in curves.values() for c in cs for v in list(c["S"]) + list(c["U"])
+               if v is not None and np.isfinite(v)] or [90.0])
+    ax.set_xlim(0, min(100.0, top + 10))
+    ax.set_ylim(0, min(100.0, top + 10))
     ax.set_xlabel("seen mIoU S (%)")
     ax.set_ylabel("unseen mIoU U (%)")
     ax.set_title("Seen-unseen curves of a seen-score offset; dots: γ = 0")
