@@ -380,6 +380,33 @@ def plot_su_curves(curves: dict[str, list[dict]], names: dict[str, str], out_dir
     return {"files": files, "stats": stats}
 
 
+def plot_train_curves(curve_files: list[Path], method: str, display: str, out_dir: Path) -> dict[str, Any]:
+    """Every logged loss term of a method against the iteration, mean over its seeds (``train_curve.csv``
+    of each run, written by the pipeline from mmengine's visualisation backend)."""
+    import seaborn as sns
+
+    frames = [pd.read_csv(f) for f in curve_files if Path(f).is_file()]
+    frames = [f for f in frames if not f.empty and "step" in f]
+    if not frames:
+        return {"skipped": f"{method}: no train_curve.csv (training-free, or trained outside the pipeline)"}
+    data = pd.concat(frames, ignore_index=True)
+    terms = [c for c in data.columns if "loss" in c]
+    mean = data.groupby("step")[terms].mean()
+    colors = sns.color_palette("colorblind", max(3, len(terms)))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for c, color in zip(terms, colors):
+        ax.plot(mean.index, mean[c], marker="o", ms=3, lw=2.0 if c == "loss" else 1.0, color=color, label=c)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (logged mean)")
+    ax.set_title(f"Training losses, {display} (mean over {len(frames)} seed(s))")
+    ax.legend(fontsize=7, ncol=2)
+    stem = "train_curves_" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in method)
+    files = save_figure(fig, out_dir, stem)
+    last = mean.iloc[-1]
+    return {"files": files, "stats": {"method": method, "n_runs": len(frames), "steps": [int(x) for x in mean.index],
+                                      "final": {c: float(last[c]) for c in terms}}}
+
+
 def plot_ablation_forest(abl: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
     """The ablation as a forest plot: per row, Δ hIoU and Δ unseen mIoU against the parent with the 95 %
     interval of the paired per-seed differences; the zero line is 'no difference'."""
@@ -473,6 +500,11 @@ def make_all(runs, table: pd.DataFrame, pmean: pd.DataFrame, shares: dict[str, d
     record("su_curves", "Seen-unseen curves of a constant seen-score offset (calibrated stacking)",
            plot_su_curves({m: [r.metrics.get("gamma_sweep") for r in main_runs if r.method == m] for m in methods},
                           names, out_dir, settings.ours))
+    for m in methods:
+        files = [Path(r.path).parent / "train_curve.csv" for r in main_runs if r.method == m]
+        if any(f.is_file() for f in files):
+            record(f"train_curves/{m}", f"Training losses, {names.get(m, m)}",
+                   plot_train_curves(files, m, names.get(m, m), out_dir))
     if ablation is not None and not ablation.empty:
         record("ablation_forest", "Ablation: Δ hIoU and Δ unseen mIoU against the parent",
                plot_ablation_forest(ablation, out_dir))

@@ -257,6 +257,11 @@ def figure_paragraph(fid: str, fig: dict[str, Any], summary: dict[str, Any], d: 
             if len(order) > 1 and order[0][1] < order[1][1]:
                 text += f" {_disp(summary, order[0][0])} has the smallest gap."
         return text
+    if kind == "train_curves":
+        final = st.get("final") or {}
+        return (f"Mean over {st.get('n_runs', '?')} run(s) of every logged loss term at each logged iteration "
+                "(`train_curve.csv` per run, also shown by `dvc plots show`); final total loss "
+                f"{final.get('loss', float('nan')):.3f}.")
     if kind == "ablation_forest":
         sig = [v for v, cols in st.items() for c, x in cols.items() if x.get("significant")]
         return ("Each row: the variant's mean difference to the parent over the seeds both have, with the 95 % "

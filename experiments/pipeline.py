@@ -54,6 +54,7 @@ FLAT_METRICS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_s
 OPTIONAL_METRICS = ("mIoU_unseen_stuff", "mIoU_unseen_objects", "AUSUC", "mIoU_seen_cal", "mIoU_unseen_cal",
                     "hIoU_cal", "gamma_cal")
 ABLATION = "ablation"
+TRAIN_CURVE = "train_curve.csv"
 CHECK_FILE = "params-check.txt"
 _RUN_IDS = itertools.count()
 # Per-run names and folders (the text-cache copy, the visualizer): not part of what the run computes.
@@ -264,11 +265,41 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
     ckpt = work / f"iter_{cfg.train_cfg.max_iters}.pth"
     if not ckpt.is_file():
         raise RuntimeError(f"training finished but {ckpt} was not written")
+    write_train_curve(work, result_dir(params, name, seed, group) / TRAIN_CURVE)
     buf = io.BytesIO()
     torch.save(stripped_checkpoint(load_checkpoint_file(ckpt)), buf)
     final = work / "model.pth"
     atomic_write_bytes(final, buf.getvalue())
     return final
+
+
+def write_train_curve(work: Path, out: Path) -> Path:
+    """Every logged loss term and the learning rate per iteration, from mmengine's visualisation backend
+    (``<work>/<timestamp>/vis_data/scalars.json``, one JSON object per logged iteration; the folders of
+    a resumed run are merged, a later folder's entry winning for the same iteration), as CSV for DVC
+    plots and the analysis. Columns: ``step``, ``lr``, ``loss`` and each ``*loss*`` term, sorted."""
+    import csv
+    import io
+
+    from alignzeg.utils import atomic_write_text
+
+    by_step: dict[int, dict] = {}
+    for path in sorted(Path(work).glob("*/vis_data/scalars.json")):
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            if "step" in entry and "loss" in entry:
+                by_step[int(entry["step"])] = entry
+    keys = sorted({k for e in by_step.values() for k in e if "loss" in k and k != "loss"})
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["step", "lr", "loss", *keys])
+    for step in sorted(by_step):
+        e = by_step[step]
+        writer.writerow([step, e.get("lr", ""), e["loss"], *[e.get(k, "") for k in keys]])
+    atomic_write_text(out, buf.getvalue())
+    return out
 
 
 def run_protocol(cfg) -> dict:

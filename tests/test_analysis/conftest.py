@@ -81,6 +81,10 @@ def build_results(root: Path) -> Path:
                 scores["indicator_is_unseen"] = y
             write_run(root / m / f"seed{seed}", dict(metric_json(s, u, seed), gamma_sweep=gamma_sweep_json(s, u)),
                       scores)
+            if m == "alignzeg":  # a training curve, as the pipeline writes it
+                (root / m / f"seed{seed}" / "train_curve.csv").write_text(
+                    "step,lr,loss,decode.loss_cls\n" + "".join(
+                        f"{k},{0.1 / k},{10.0 / k + seed},{5.0 / k}\n" for k in (1, 2, 4)))
     for v, (sw, seeds) in ABLATION.items():
         vdir = root / "ablation" / v
         vdir.mkdir(parents=True)

@@ -75,7 +75,7 @@ def test_every_figure_written_as_png_and_svg(analysed):
     figures = json.loads((analysed / "figures.json").read_text())
     expected = {"per_class_iou/alignzeg", "per_class_iou/zegclip", "unseen_to_seen/alignzeg",
                 "unseen_to_seen/zegclip", "score_distributions", "indicator_roc", "seen_unseen_scatter",
-                "su_curves", "ablation_forest"}
+                "su_curves", "ablation_forest", "train_curves/alignzeg"}
     assert set(figures) == expected
     for fid, fig in figures.items():
         assert "skipped" not in fig, fid
@@ -166,3 +166,10 @@ def test_ablation_forest_stats_are_the_paired_differences(analysed):
     assert stats["add_pbc"]["hIoU"]["ci95"] == pytest.approx(t1 * dh.std(ddof=1) / np.sqrt(2))
     assert stats["add_pbc"]["U"]["delta"] == pytest.approx(du.mean())
     assert stats["add_pbc"]["U"]["ci95"] == pytest.approx(t1 * du.std(ddof=1) / np.sqrt(2))
+
+
+def test_train_curves_are_the_mean_over_seeds(analysed):
+    stats = json.loads((analysed / "figures.json").read_text())["train_curves/alignzeg"]["stats"]
+    assert stats["n_runs"] == 3 and stats["steps"] == [1, 2, 4]
+    # loss at step 4 per seed: 10/4 + seed, seeds 0..2 -> mean 3.5; the class term 5/4 in every seed
+    assert stats["final"] == {"loss": pytest.approx(3.5), "decode.loss_cls": pytest.approx(1.25)}

@@ -1,0 +1,33 @@
+"""write_train_curve: mmengine's logged scalars of a (resumed) run as one CSV for DVC plots."""
+from __future__ import annotations
+
+import csv
+import json
+
+from experiments.pipeline import write_train_curve
+
+
+def _log(folder, entries):
+    (folder / "vis_data").mkdir(parents=True)
+    (folder / "vis_data" / "scalars.json").write_text("".join(json.dumps(e) + "\n" for e in entries))
+
+
+def test_curve_merges_resumed_folders_and_keeps_every_loss_term(tmp_path):
+    work = tmp_path / "run"
+    _log(work / "20260101_000000", [
+        {"lr": 0.1, "loss": 3.0, "decode.loss_cls": 2.0, "decode.loss_mask": 1.0, "time": 0.2, "iter": 2, "step": 2},
+        {"lr": 0.09, "loss": 2.5, "decode.loss_cls": 1.6, "decode.loss_mask": 0.9, "iter": 4, "step": 4}])
+    # resumed after iteration 2: the later folder re-logs step 4 and goes on; a metric line has no loss
+    _log(work / "20260101_010000", [
+        {"lr": 0.08, "loss": 2.4, "decode.loss_cls": 1.5, "decode.loss_mask": 0.9, "decode.loss_bc": 0.3,
+         "iter": 4, "step": 4},
+        {"lr": 0.07, "loss": 2.0, "decode.loss_cls": 1.2, "decode.loss_mask": 0.8, "decode.loss_bc": 0.2,
+         "iter": 6, "step": 6},
+        {"mIoU": 10.0, "step": 6}])
+    out = write_train_curve(work, tmp_path / "res" / "train_curve.csv")
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["step", "lr", "loss", "decode.loss_bc", "decode.loss_cls", "decode.loss_mask"]
+    assert [r["step"] for r in rows] == ["2", "4", "6"]
+    assert rows[0]["decode.loss_bc"] == ""  # not logged before the resume
+    assert rows[1]["loss"] == "2.4" and rows[1]["lr"] == "0.08"  # the later folder wins for step 4
+    assert rows[2]["decode.loss_cls"] == "1.2"
