@@ -460,9 +460,14 @@ def ordered_methods(methods: Iterable[str], order: Iterable[str] | None) -> list
 
 
 def main_table(tidy: pd.DataFrame, names: dict[str, str] | None = None,
-               order: Iterable[str] | None = None, group: str = "main") -> pd.DataFrame:
-    """Method x metric table with ``<col>_mean``/``<col>_std`` columns and ``n_seeds``; numeric, unrounded."""
+               order: Iterable[str] | None = None, group: str = "main",
+               bootstraps: dict[str, list[dict]] | None = None) -> pd.DataFrame:
+    """Method x metric table with ``<col>_mean``/``<col>_std`` columns and ``n_seeds``; numeric, unrounded.
+
+    ``bootstraps``: method -> the ``bootstrap`` entries of its runs' metric JSON; a method with a single
+    run gets ``S/U/hIoU_boot_lo/hi`` (its per-image bootstrap interval, shown instead of a seed interval)."""
     names = names or {}
+    bootstraps = bootstraps or {}
     stats = summarise(tidy[tidy["group"] == group])
     collapsed = _collapsed_counts(tidy, group)
     methods = ordered_methods(stats["method"], order)
@@ -476,6 +481,12 @@ def main_table(tidy: pd.DataFrame, names: dict[str, str] | None = None,
                 row[f"{col}_{stat}"] = float(s.at[key, stat])
         row["n_collapsed"] = collapsed.get(m, 0)
         row["kind"] = "method"
+        boots = bootstraps.get(m) or []
+        if row["n_seeds"] == 1 and len(boots) == 1:  # one run: its per-image bootstrap interval
+            for key, col in (("mIoU_seen", "S"), ("mIoU_unseen", "U"), ("hIoU", "hIoU")):
+                lo, hi = (boots[0].get(key) or [None, None])
+                row[f"{col}_boot_lo"] = float("nan") if lo is None else float(lo)
+                row[f"{col}_boot_hi"] = float("nan") if hi is None else float(hi)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -519,13 +530,18 @@ def main_table_markdown(table: pd.DataFrame, decimals: int = 2, ours: str | None
         cells = [name]
         for col in cols:
             cell = fmt_pm(r[f"{col}_mean"], r[f"{col}_ci95"], decimals)
+            lo, hi = r.get(f"{col}_boot_lo"), r.get(f"{col}_boot_hi")
+            if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+                cell = f"{fmt(r[f'{col}_mean'], decimals)} [{lo:.{decimals}f}, {hi:.{decimals}f}]"
             if col == "hIoU" and r["hIoU_mean"] == best_h and r.get("kind", "method") == "method":
                 cell = f"**{cell}**"
             cells.append(cell)
         cells.append(_seeds_cell(r))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Mean ± half-width of the 95 % Student-t interval over seeds; {DASH} = one seed. "
+    boot_note = ("; [a, b] = a single run's 95 % per-image bootstrap interval"
+                 if any(c.endswith("_boot_lo") for c in table.columns) else "")
+    lines.append(f"Mean ± half-width of the 95 % Student-t interval over seeds; {DASH} = one seed{boot_note}. "
                  "S/U = mIoU over seen/unseen classes, "
                  "hIoU = 2SU/(S+U) per run, unseen→seen = share of unseen-class pixels predicted as a seen class "
                  "(lower is better)" + ("; U-stuff / U-objects = unseen mIoU over the unseen stuff / object classes"
@@ -1024,8 +1040,12 @@ def analyse(results: str | Path, out: str | Path, settings: Settings | None = No
     all_main = ordered_methods([r.method for r in runs if r.group == "main"], st.names)
     main_methods = [m for m in all_main if m not in unseen_loc]
     loc_methods = [m for m in all_main if m in unseen_loc]
-    table = main_table(tidy[~tidy["method"].isin(loc_methods)], st.names, main_methods) if main_methods \
-        else pd.DataFrame()
+    boots: dict[str, list[dict]] = {}
+    for r in runs:
+        if r.group == "main" and r.metrics.get("bootstrap"):
+            boots.setdefault(r.method, []).append(r.metrics["bootstrap"])
+    table = main_table(tidy[~tidy["method"].isin(loc_methods)], st.names, main_methods, bootstraps=boots) \
+        if main_methods else pd.DataFrame()
     table = add_calibrated_rows(table, tidy, st.calibrated)
     loc_table = main_table(tidy[tidy["method"].isin(loc_methods)], st.names, loc_methods) if loc_methods \
         else pd.DataFrame()

@@ -154,6 +154,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "score_softmax": _list(_str(), nonempty=False),
         "score_samples": _int(1),
         "gamma_points": _int(0, 1000),
+        "bootstrap": _int(0, 100000),
     },
     "ablate": {
         "method": _str(),

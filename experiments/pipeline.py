@@ -388,6 +388,8 @@ def _evaluate_pass(params: dict, name: str, seed: int, group: str, checkpoint: P
         raise SystemExit(f"{name}: test_evaluator has no ZeroShotIoUMetric")
     for metric in zeroshot_metric_cfgs(cfg.test_evaluator):
         metric["gamma_sweep"] = gamma_sweep
+        if split == "test" and int(ev.get("bootstrap") or 0):
+            metric.update(bootstrap=int(ev["bootstrap"]), bootstrap_seed=int(seed))
     hooks = list(cfg.get("custom_hooks") or [])
     if score_hook:
         softmax = name in ev["score_softmax"] or (group == ABLATION and params["ablate"]["method"] in ev["score_softmax"])

@@ -63,6 +63,10 @@ class ZeroShotIoUMetric(BaseMetric):
             The JSON gains ``gamma_sweep`` (γ, S, U, hIoU per γ, ``ausuc``) and the flat scalars
             ``AUSUC`` and, with ``calibrated``, ``mIoU_seen_cal``, ``mIoU_unseen_cal``, ``hIoU_cal``,
             ``gamma_cal``. None (default): no sweep.
+        bootstrap: number of per-image bootstrap resamples (0: none). Keeps one C×C matrix per image
+            (int32) and writes ``bootstrap`` to the JSON: the 2.5 / 97.5 % percentiles of seen and unseen
+            mIoU and hIoU over resamples of the evaluated images (seeded by ``bootstrap_seed``), the
+            interval of a single run; one process only.
         collect_device, prefix: as for every mmengine metric.
 
     Returns to mmengine the flat scalars ``mIoU, mIoU_seen, mIoU_unseen, hIoU, aAcc, unseen_to_seen``
@@ -75,6 +79,8 @@ class ZeroShotIoUMetric(BaseMetric):
                  split: Optional[str] = None,
                  output_dir: Optional[str] = None,
                  gamma_sweep: Optional[dict] = None,
+                 bootstrap: int = 0,
+                 bootstrap_seed: int = 0,
                  collect_device: str = "cpu",
                  prefix: Optional[str] = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
@@ -85,6 +91,11 @@ class ZeroShotIoUMetric(BaseMetric):
                 raise ValueError(f"ZeroShotIoUMetric: gamma_sweep: unknown keys {sorted(unknown)} "
                                  "(use num, gammas, extra, calibrated)")
         self._gammas = None
+        self._images: list[np.ndarray] = []
+        if int(bootstrap) < 0:
+            raise ValueError(f"ZeroShotIoUMetric: bootstrap must be >= 0, got {bootstrap}")
+        self.bootstrap = int(bootstrap)
+        self.bootstrap_seed = int(bootstrap_seed)
         self.ignore_index = int(ignore_index)
         if isinstance(unseen_classes, str):
             raise TypeError("ZeroShotIoUMetric: 'unseen_classes' must be a list of class names, "
@@ -163,6 +174,8 @@ class ZeroShotIoUMetric(BaseMetric):
                     sample, "img_path", None)
                 raise ValueError(f"{path or 'data sample'}: {err}") from err
             total = counts if total is None else total + counts
+            if self.bootstrap:
+                self._images.append(np.asarray(counts, dtype=np.int32))
         if total is None:
             return
         if sweep is not None:  # still one entry per process: {"conf": C×C, "sweep": G×C×C}
@@ -240,6 +253,14 @@ class ZeroShotIoUMetric(BaseMetric):
         flat_extra: dict[str, float] = {}
         if sweep is not None:
             metrics["gamma_sweep"], flat_extra = self._sweep_summary(sweep, classes, unseen)
+        if self.bootstrap:
+            from mmengine.dist import get_world_size
+
+            if get_world_size() > 1:
+                raise ValueError("ZeroShotIoUMetric: bootstrap runs in one process only")
+            metrics["bootstrap"] = bootstrap_interval(np.stack(self._images), classes, unseen,
+                                                      self.bootstrap, self.bootstrap_seed)
+            self._images = []
         logger: MMLogger = MMLogger.get_current_instance()
         print_log("zero-shot per-class results:\n" + format_table(metrics), logger=logger)
         if self.output_dir is not None:
@@ -273,4 +294,31 @@ class ZeroShotIoUMetric(BaseMetric):
         return summary, flat
 
 
-__all__ = ["ZeroShotIoUMetric", "JSON_NAME"]
+def bootstrap_interval(per_image: np.ndarray, classes: Sequence[str], unseen: Sequence[str], samples: int,
+                       seed: int = 0, chunk: int = 200) -> dict:
+    """Percentile interval (2.5 / 97.5 %) of seen / unseen mIoU and hIoU over ``samples`` resamples
+    (with replacement) of the images whose confusion matrices are ``per_image`` (N×C×C)."""
+    from alignzeg.evaluation.calibration import curve_from_confusions
+
+    n, c, _ = per_image.shape
+    seen = np.array([x not in set(unseen) for x in classes], dtype=bool)
+    flat = per_image.reshape(n, c * c).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    curves = {"S": [], "U": [], "hIoU": []}
+    for start in range(0, samples, chunk):
+        b = min(chunk, samples - start)
+        draws = rng.integers(0, n, size=(b, n))
+        weights = np.stack([np.bincount(row, minlength=n) for row in draws]).astype(np.float64)  # b×N
+        mats = (weights @ flat).reshape(b, c, c)
+        cur = curve_from_confusions(mats, seen)
+        for k in curves:
+            curves[k].append(cur[k])
+    out = {"samples": int(samples), "seed": int(seed), "images": int(n), "level": 95}
+    for k, name in (("S", "mIoU_seen"), ("U", "mIoU_unseen"), ("hIoU", "hIoU")):
+        v = np.concatenate(curves[k])
+        v = v[np.isfinite(v)]
+        out[name] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v.size else [None, None]
+    return out
+
+
+__all__ = ["ZeroShotIoUMetric", "JSON_NAME", "bootstrap_interval"]

@@ -354,3 +354,18 @@ def test_paired_differences_of_ours_against_every_method_and_the_calibrated_row(
     md = (analysed / "main_table.md").read_text()
     assert "| AlignZeg minus | Δ hIoU | Δ U | seeds |" in md
     assert f"| ZegCLIP + γ from val | {(a - zc).mean():+.2f} ± {t3 * (a - zc).std(ddof=1) / np.sqrt(3):.2f}" in md
+
+
+def test_single_run_rows_show_their_bootstrap_interval(tmp_path):
+    from analysis.tables import Settings, analyse
+    from tests.test_analysis.conftest import metric_json, write_run
+
+    root = tmp_path / "results"
+    boot = {"samples": 1000, "hIoU": [12.5, 17.25], "mIoU_seen": [27.0, 33.0], "mIoU_unseen": [8.0, 12.5]}
+    write_run(root / "maskclip" / "seed0", dict(metric_json(30.0, 10.0, 0), bootstrap=boot))
+    analyse(root, tmp_path / "a", Settings(names={"maskclip": "MaskCLIP"}, plots=False))
+    md = (tmp_path / "a" / "main_table.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| MaskCLIP"))
+    # hIoU of (30, 10) = 15; the seed interval is undefined with one run, the bootstrap one is shown
+    assert "| 30.00 [27.00, 33.00] | 10.00 [8.00, 12.50] | **15.00 [12.50, 17.25]** |" in row
+    assert "per-image bootstrap interval" in md

@@ -199,3 +199,46 @@ def test_gamma_sweep_refuses_unknown_keys_and_missing_scores():
         ZeroShotIoUMetric(gamma_sweep=dict(steps=3))
     with pytest.raises(KeyError, match="needs 'seg_logits'"):
         _evaluate(ZeroShotIoUMetric(gamma_sweep=dict(num=3)), _split_into_images())
+
+
+def test_bootstrap_interval_resamples_images():
+    """A hand-made case: resampling one image twice is a known matrix; the interval brackets the full
+    estimate and, for identical images, collapses to it."""
+    from alignzeg.evaluation.metric import bootstrap_interval
+
+    same = np.stack([np.array([[3, 1, 0, 0], [1, 4, 0, 0], [1, 0, 2, 1], [0, 2, 0, 1]])] * 5)
+    out = bootstrap_interval(same, CLASSES, UNSEEN, samples=50, seed=1)
+    full = 2 * 50 * 37.5 / 87.5  # the hand-computed hIoU of that matrix (test_evaluator_returns_hand...)
+    assert out["hIoU"] == [pytest.approx(full), pytest.approx(full)] and out["images"] == 5
+    gen = np.random.default_rng(0)
+    varied = gen.integers(0, 20, size=(40, 4, 4)) + np.eye(4, dtype=np.int64) * 30
+    out = bootstrap_interval(varied, CLASSES, UNSEEN, samples=400, seed=0)
+    from alignzeg.evaluation.confusion import metrics_from_confusion
+
+    ref = metrics_from_confusion(varied.sum(0), CLASSES, UNSEEN)
+    lo, hi = out["hIoU"]
+    assert lo < ref["hIoU"] < hi and hi - lo < 20
+    # brute force: the same seeded draws, one resample at a time
+    rng = np.random.default_rng(0)
+    draws = rng.integers(0, 40, size=(200, 40))
+    vals = [metrics_from_confusion(varied[d].sum(0), CLASSES, UNSEEN)["hIoU"] for d in draws]
+    vals += [metrics_from_confusion(varied[d].sum(0), CLASSES, UNSEEN)["hIoU"]
+             for d in rng.integers(0, 40, size=(200, 40))]
+    assert [lo, hi] == pytest.approx([np.percentile(vals, 2.5), np.percentile(vals, 97.5)])
+
+
+def test_bootstrap_through_the_evaluator(tmp_path):
+    metric = ZeroShotIoUMetric(output_dir=str(tmp_path), bootstrap=30)
+    res = _evaluate(metric, _split_into_images(3))
+    data = json.loads((tmp_path / "zeroshot_metrics.json").read_text())
+    assert data["bootstrap"]["samples"] == 30 and data["bootstrap"]["images"] == 3
+    # the same interval from the per-image matrices counted independently
+    from alignzeg.evaluation.confusion import confusion_matrix
+    from alignzeg.evaluation.metric import bootstrap_interval
+
+    mats = np.stack([confusion_matrix(sm.pred_sem_seg.data, sm.gt_sem_seg.data, 4) for sm in _split_into_images(3)])
+    assert mats.sum(0).tolist() == data["confusion"]["matrix"]
+    ref = bootstrap_interval(mats, CLASSES, UNSEEN, 30, seed=0)
+    assert data["bootstrap"]["hIoU"] == pytest.approx(ref["hIoU"])
+    assert data["bootstrap"]["mIoU_seen"] == pytest.approx(ref["mIoU_seen"])
+    assert res["hIoU"] == pytest.approx(data["hIoU"])
