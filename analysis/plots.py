@@ -407,6 +407,55 @@ def plot_train_curves(curve_files: list[Path], method: str, display: str, out_di
                                       "final": {c: float(last[c]) for c in terms}}}
 
 
+def plot_qualitative(folders: dict[str, Path], names: dict[str, str], classes: list[str], unseen: list[str],
+                     out_dir: Path) -> dict[str, Any]:
+    """Fixed test images (chosen by the pipeline's rule: most unseen-class pixels) in rows; columns: the
+    image, its ground truth and each method's prediction (its lowest seed), label maps drawn with mmseg's
+    ``SegLocalVisualizer`` over the image, the ground truth's unseen regions outlined in white."""
+    import seaborn as sns
+
+    folders = {m: f for m, f in folders.items() if f.is_dir() and list(f.glob("*_pred.png"))}
+    if not folders:
+        return {"skipped": "no run saved qualitative predictions (evaluate.qualitative = 0?)"}
+    from mmengine.structures import PixelData
+    from mmseg.visualization import SegLocalVisualizer
+    from PIL import Image
+    import torch
+
+    first = next(iter(folders.values()))
+    stems = sorted(p.name[:-len("_pred.png")] for p in first.glob("*_pred.png"))
+    palette = [tuple(int(255 * c) for c in rgb) for rgb in sns.color_palette("husl", len(classes))]
+    vis = SegLocalVisualizer(name=f"qualitative-{id(out_dir)}", alpha=0.7)
+    unseen_ids = [classes.index(c) for c in unseen if c in classes]
+    cols = ["image", "ground truth"] + [names.get(m, m) for m in folders]
+    fig, axes = plt.subplots(len(stems), len(cols), figsize=(1.9 * len(cols), 1.9 * len(stems)), squeeze=False)
+
+    def draw(img, label):
+        return vis._draw_sem_seg(img.copy(), PixelData(data=torch.from_numpy(label.astype(np.int64))[None]),
+                                 classes, palette, with_labels=False)
+
+    for i, stem in enumerate(stems):
+        img = np.asarray(Image.open(first / f"{stem}_image.png").convert("RGB"))
+        gt = np.asarray(Image.open(first / f"{stem}_gt.png"))
+        panels = [img, draw(img, np.where(gt == 255, 0, gt))]
+        for m, f in folders.items():
+            pred = f / f"{stem}_pred.png"
+            panels.append(draw(img, np.asarray(Image.open(pred))) if pred.is_file() else np.zeros_like(img))
+        outline = np.isin(gt, unseen_ids).astype(float)
+        for j, panel in enumerate(panels):
+            ax = axes[i][j]
+            ax.imshow(panel, interpolation="nearest")
+            if j > 0 and outline.any():
+                ax.contour(outline, levels=[0.5], colors="white", linewidths=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(cols[j], fontsize=7)
+    fig.suptitle("Qualitative results; white outline: unseen classes in the ground truth", fontsize=8)
+    files = save_figure(fig, out_dir, "qualitative")
+    return {"files": files, "stats": {"images": stems, "methods": list(folders)}}
+
+
 def plot_ablation_forest(abl: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
     """The ablation as a forest plot: per row, Δ hIoU and Δ unseen mIoU against the parent with the 95 %
     interval of the paired per-seed differences; the zero line is 'no difference'."""
@@ -505,6 +554,16 @@ def make_all(runs, table: pd.DataFrame, pmean: pd.DataFrame, shares: dict[str, d
         if any(f.is_file() for f in files):
             record(f"train_curves/{m}", f"Training losses, {names.get(m, m)}",
                    plot_train_curves(files, m, names.get(m, m), out_dir))
+    q_folders = {}
+    for m in methods:
+        mine = sorted((r for r in main_runs if r.method == m), key=lambda r: r.seed)
+        if mine:
+            q_folders[m] = Path(mine[0].path).parent / "qualitative"
+    if any(f.is_dir() for f in q_folders.values()) and main_runs:
+        pc = main_runs[0].metrics.get("per_class") or []
+        record("qualitative", "Qualitative results on fixed test images",
+               plot_qualitative(q_folders, names, [r["class"] for r in pc],
+                                [r["class"] for r in pc if r["split"] == "unseen"], out_dir))
     if ablation is not None and not ablation.empty:
         record("ablation_forest", "Ablation: Δ hIoU and Δ unseen mIoU against the parent",
                plot_ablation_forest(ablation, out_dir))

@@ -257,6 +257,9 @@ def figure_paragraph(fid: str, fig: dict[str, Any], summary: dict[str, Any], d: 
             if len(order) > 1 and order[0][1] < order[1][1]:
                 text += f" {_disp(summary, order[0][0])} has the smallest gap."
         return text
+    if kind == "qualitative":
+        return (f"Test images {', '.join(st.get('images') or [])}: the ones with the most unseen-class pixels "
+                "(a fixed rule, the same for every method); each method's prediction is its lowest seed's.")
     if kind == "train_curves":
         final = st.get("final") or {}
         return (f"Mean over {st.get('n_runs', '?')} run(s) of every logged loss term at each logged iteration "

@@ -155,6 +155,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "score_samples": _int(1),
         "gamma_points": _int(0, 1000),
         "bootstrap": _int(0, 100000),
+        "qualitative": _int(0, 64),
     },
     "ablate": {
         "method": _str(),

@@ -356,6 +356,18 @@ def evaluate_run(params: dict, name: str, seed: int, group: str = "",
     return _evaluate_pass(params, name, seed, group, checkpoint, "test", out, sweep)
 
 
+def _qualitative_names(params: dict, cfg, k: int) -> list[str]:
+    """The test images of the qualitative figure: the ``k`` with the most unseen-class pixels."""
+    from alignzeg.engine.score_hook import qualitative_images
+    from alignzeg.splits import load_split
+
+    split = load_split(params["base"]["split"])
+    ds = cfg.test_dataloader.dataset
+    ann_dir = Path(ds.data_root) / ds.data_prefix["seg_map_path"]
+    unseen = [split.classes.index(c) for c in split.unseen]
+    return qualitative_images(ann_dir, unseen, k)
+
+
 def _evaluate_pass(params: dict, name: str, seed: int, group: str, checkpoint: Path | None, split: str,
                    out: Path, gamma_sweep: dict | None, score_hook: bool = True) -> dict:
     """One evaluation of ``split`` into ``out``: a runner of its own, the checkpoint loaded strictly."""
@@ -391,6 +403,9 @@ def _evaluate_pass(params: dict, name: str, seed: int, group: str, checkpoint: P
         if split == "test" and int(ev.get("bootstrap") or 0):
             metric.update(bootstrap=int(ev["bootstrap"]), bootstrap_seed=int(seed))
     hooks = list(cfg.get("custom_hooks") or [])
+    if split == "test" and int(ev.get("qualitative") or 0):
+        hooks.append(dict(type="PredictionSaverHook", out_dir=str(out / "qualitative"),
+                          names=_qualitative_names(params, cfg, int(ev["qualitative"]))))
     if score_hook:
         softmax = name in ev["score_softmax"] or (group == ABLATION and params["ablate"]["method"] in ev["score_softmax"])
         hooks.append(dict(type="UnseenScoreSamplerHook", out_file=str(out / "scores.npz"),

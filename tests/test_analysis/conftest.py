@@ -81,6 +81,17 @@ def build_results(root: Path) -> Path:
                 scores["indicator_is_unseen"] = y
             write_run(root / m / f"seed{seed}", dict(metric_json(s, u, seed), gamma_sweep=gamma_sweep_json(s, u)),
                       scores)
+            if seed == 0:  # saved predictions of two fixed test images (the qualitative figure)
+                from PIL import Image
+
+                q = root / m / "seed0" / "qualitative"
+                q.mkdir()
+                for k, stem in enumerate(("img_a", "img_b")):
+                    lab = (np.arange(64).reshape(8, 8) // 11 + k) % len(CLASSES)
+                    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(q / f"{stem}_image.png")
+                    Image.fromarray(lab.astype(np.uint8)).save(q / f"{stem}_gt.png")
+                    Image.fromarray(((lab + (m == "zegclip")) % len(CLASSES)).astype(np.uint8)).save(
+                        q / f"{stem}_pred.png")
             if m == "alignzeg":  # a training curve, as the pipeline writes it
                 (root / m / f"seed{seed}" / "train_curve.csv").write_text(
                     "step,lr,loss,decode.loss_cls\n" + "".join(

@@ -75,7 +75,7 @@ def test_every_figure_written_as_png_and_svg(analysed):
     figures = json.loads((analysed / "figures.json").read_text())
     expected = {"per_class_iou/alignzeg", "per_class_iou/zegclip", "unseen_to_seen/alignzeg",
                 "unseen_to_seen/zegclip", "score_distributions", "indicator_roc", "seen_unseen_scatter",
-                "su_curves", "ablation_forest", "train_curves/alignzeg"}
+                "su_curves", "ablation_forest", "train_curves/alignzeg", "qualitative"}
     assert set(figures) == expected
     for fid, fig in figures.items():
         assert "skipped" not in fig, fid
@@ -173,3 +173,10 @@ def test_train_curves_are_the_mean_over_seeds(analysed):
     assert stats["n_runs"] == 3 and stats["steps"] == [1, 2, 4]
     # loss at step 4 per seed: 10/4 + seed, seeds 0..2 -> mean 3.5; the class term 5/4 in every seed
     assert stats["final"] == {"loss": pytest.approx(3.5), "decode.loss_cls": pytest.approx(1.25)}
+
+
+def test_qualitative_grid_has_every_saved_image_and_method(analysed):
+    q = json.loads((analysed / "figures.json").read_text())["qualitative"]["stats"]
+    assert q == {"images": ["img_a", "img_b"], "methods": ["alignzeg", "zegclip"]}
+    img = mpimg.imread(analysed / "figures" / "qualitative.png")
+    assert img.shape[1] > img.shape[0]  # 4 columns (image, ground truth, two methods), 2 rows

@@ -50,7 +50,7 @@ def test_report_links_every_figure(report_text, analysed):
     text, out = report_text
     figures = json.loads((analysed / "figures.json").read_text())
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(links) == len(figures) == 10
+    assert len(links) == len(figures) == 11
     for link in links:
         assert (out.parent / link).resolve().is_file(), link
     # one paragraph per figure, generated from its stats

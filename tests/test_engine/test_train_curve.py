@@ -31,3 +31,36 @@ def test_curve_merges_resumed_folders_and_keeps_every_loss_term(tmp_path):
     assert rows[0]["decode.loss_bc"] == ""  # not logged before the resume
     assert rows[1]["loss"] == "2.4" and rows[1]["lr"] == "0.08"  # the later folder wins for step 4
     assert rows[2]["decode.loss_cls"] == "1.2"
+
+
+def test_qualitative_rule_and_saver(tmp_path):
+    """The k annotations with the most unseen pixels (ties by name); the hook writes exactly those."""
+    import numpy as np
+    import torch
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    from PIL import Image
+
+    from alignzeg.engine.score_hook import PredictionSaverHook, qualitative_images
+
+    ann, img_dir = tmp_path / "ann", tmp_path / "img"
+    ann.mkdir()
+    img_dir.mkdir()
+    counts = {"a": 3, "b": 10, "c": 10, "d": 0}  # unseen (label 2) pixels per image
+    for stem, n in counts.items():
+        lab = np.zeros((4, 4), np.uint8)
+        lab.flat[:n] = 2
+        Image.fromarray(lab).save(ann / f"{stem}.png")
+        Image.fromarray(np.full((4, 4, 3), 7, np.uint8)).save(img_dir / f"{stem}.png")
+    assert qualitative_images(ann, [2], k=3) == ["b", "c", "a"]
+    hook = PredictionSaverHook(str(tmp_path / "out"), ["b"])
+    samples = []
+    for stem in counts:
+        s = SegDataSample(metainfo={"img_path": str(img_dir / f"{stem}.png")})
+        s.pred_sem_seg = PixelData(data=torch.ones(1, 4, 4, dtype=torch.long))
+        s.gt_sem_seg = PixelData(data=torch.from_numpy(np.asarray(Image.open(ann / f"{stem}.png"))).long()[None])
+        samples.append(s)
+    hook.after_test_iter(None, 0, outputs=samples)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b_gt.png", "b_image.png", "b_pred.png"]
+    assert (np.asarray(Image.open(tmp_path / "out" / "b_pred.png")) == 1).all()
+    assert int((np.asarray(Image.open(tmp_path / "out" / "b_gt.png")) == 2).sum()) == 10
