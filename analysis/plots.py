@@ -333,9 +333,162 @@ def plot_seen_unseen_scatter(table: pd.DataFrame, per_seed: pd.DataFrame | None,
     return {"files": files, "stats": {"levels": drawn, "seen_minus_unseen": gaps}}
 
 
+def plot_su_curves(curves: dict[str, list[dict]], names: dict[str, str], out_dir: Path,
+                   ours: str | None = None) -> dict[str, Any]:
+    """Seen–unseen curves of a constant seen-score offset γ (one line per run, a method's seeds in one
+    colour of the colour-blind-safe palette), the γ = 0 operating points marked, hIoU iso-curves in grey.
+    ``curves``: method -> list of the runs' ``gamma_sweep`` dicts (metric JSON)."""
+    import seaborn as sns
+
+    curves = {m: [c for c in cs if c and c.get("S")] for m, cs in curves.items()}
+    curves = {m: cs for m, cs in curves.items() if cs}
+    if not curves:
+        return {"skipped": "no run has a gamma sweep (evaluate.gamma_points = 0?)"}
+    colors = sns.color_palette("colorblind", max(3, len(curves)))
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    s_grid = np.linspace(1e-6, 100.0, 400)
+    for h in np.arange(10.0, 100.0, 10.0):
+        u = iso_hiou(h, s_grid)
+        ok = np.isfinite(u) & (u >= 0) & (u <= 100)
+        if ok.sum() >= 2:
+            ax.plot(s_grid[ok], u[ok], color="lightgrey", lw=0.8, zorder=1)
+    stats = {}
+    for i, (m, cs) in enumerate(curves.items()):
+        areas = []
+        for j, c in enumerate(cs):
+            su = np.array([[x if x is not None else np.nan, y if y is not None else np.nan]
+                           for x, y in zip(c["S"], c["U"])], dtype=float)
+            label = f"{names.get(m, m)} (AUSUC {np.nanmean([d.get('ausuc') or np.nan for d in cs]):.3f})" \
+                if j == 0 else None
+            ax.plot(su[:, 0], su[:, 1], color=colors[i], lw=1.6 if m == ours else 1.0, alpha=0.85, zorder=2,
+                    label=label)
+            g = [str(x) for x in c["gammas"]]
+            if "0.0" in g:
+                k = g.index("0.0")
+                ax.scatter([su[k, 0]], [su[k, 1]], color=colors[i], s=18, zorder=3)
+            areas.append(c.get("ausuc"))
+        stats[m] = {"ausuc_per_run": areas, "runs": len(cs)}
+    top = max([v for cs in curves.values() for c in cs for v in list(c["S"]) + list(c["U"])
+               if v is not None and np.isfinite(v)] or [90.0])
+    ax.set_xlim(0, min(100.0, top + 10))
+    ax.set_ylim(0, min(100.0, top + 10))
+    ax.set_xlabel("seen mIoU S (%)")
+    ax.set_ylabel("unseen mIoU U (%)")
+    ax.set_title("Seen-unseen curves of a seen-score offset; dots: γ = 0")
+    ax.legend(loc="best", fontsize=7)
+    files = save_figure(fig, out_dir, "su_curves")
+    return {"files": files, "stats": stats}
+
+
+def plot_train_curves(curve_files: list[Path], method: str, display: str, out_dir: Path) -> dict[str, Any]:
+    """Every logged loss term of a method against the iteration, mean over its seeds (``train_curve.csv``
+    of each run, written by the pipeline from mmengine's visualisation backend)."""
+    import seaborn as sns
+
+    frames = [pd.read_csv(f) for f in curve_files if Path(f).is_file()]
+    frames = [f for f in frames if not f.empty and "step" in f]
+    if not frames:
+        return {"skipped": f"{method}: no train_curve.csv (training-free, or trained outside the pipeline)"}
+    data = pd.concat(frames, ignore_index=True)
+    terms = [c for c in data.columns if "loss" in c]
+    mean = data.groupby("step")[terms].mean()
+    colors = sns.color_palette("colorblind", max(3, len(terms)))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for c, color in zip(terms, colors):
+        ax.plot(mean.index, mean[c], marker="o", ms=3, lw=2.0 if c == "loss" else 1.0, color=color, label=c)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (logged mean)")
+    ax.set_title(f"Training losses, {display} (mean over {len(frames)} seed(s))")
+    ax.legend(fontsize=7, ncol=2)
+    stem = "train_curves_" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in method)
+    files = save_figure(fig, out_dir, stem)
+    last = mean.iloc[-1]
+    return {"files": files, "stats": {"method": method, "n_runs": len(frames), "steps": [int(x) for x in mean.index],
+                                      "final": {c: float(last[c]) for c in terms}}}
+
+
+def plot_qualitative(folders: dict[str, Path], names: dict[str, str], classes: list[str], unseen: list[str],
+                     out_dir: Path) -> dict[str, Any]:
+    """Fixed test images (chosen by the pipeline's rule: most unseen-class pixels) in rows; columns: the
+    image, its ground truth and each method's prediction (its lowest seed), label maps drawn with mmseg's
+    ``SegLocalVisualizer`` over the image, the ground truth's unseen regions outlined in white."""
+    import seaborn as sns
+
+    folders = {m: f for m, f in folders.items() if f.is_dir() and list(f.glob("*_pred.png"))}
+    if not folders:
+        return {"skipped": "no run saved qualitative predictions (evaluate.qualitative = 0?)"}
+    from mmengine.structures import PixelData
+    from mmseg.visualization import SegLocalVisualizer
+    from PIL import Image
+    import torch
+
+    first = next(iter(folders.values()))
+    stems = sorted(p.name[:-len("_pred.png")] for p in first.glob("*_pred.png"))
+    palette = [tuple(int(255 * c) for c in rgb) for rgb in sns.color_palette("husl", len(classes))]
+    vis = SegLocalVisualizer(name=f"qualitative-{id(out_dir)}", alpha=0.7)
+    unseen_ids = [classes.index(c) for c in unseen if c in classes]
+    cols = ["image", "ground truth"] + [names.get(m, m) for m in folders]
+    fig, axes = plt.subplots(len(stems), len(cols), figsize=(1.9 * len(cols), 1.9 * len(stems)), squeeze=False)
+
+    def draw(img, label):
+        return vis._draw_sem_seg(img.copy(), PixelData(data=torch.from_numpy(label.astype(np.int64))[None]),
+                                 classes, palette, with_labels=False)
+
+    for i, stem in enumerate(stems):
+        img = np.asarray(Image.open(first / f"{stem}_image.png").convert("RGB"))
+        gt = np.asarray(Image.open(first / f"{stem}_gt.png"))
+        panels = [img, draw(img, np.where(gt == 255, 0, gt))]
+        for m, f in folders.items():
+            pred = f / f"{stem}_pred.png"
+            panels.append(draw(img, np.asarray(Image.open(pred))) if pred.is_file() else np.zeros_like(img))
+        outline = np.isin(gt, unseen_ids).astype(float)
+        for j, panel in enumerate(panels):
+            ax = axes[i][j]
+            ax.imshow(panel, interpolation="nearest")
+            if j > 0 and outline.any():
+                ax.contour(outline, levels=[0.5], colors="white", linewidths=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(cols[j], fontsize=7)
+    fig.suptitle("Qualitative results; white outline: unseen classes in the ground truth", fontsize=8)
+    files = save_figure(fig, out_dir, "qualitative")
+    return {"files": files, "stats": {"images": stems, "methods": list(folders)}}
+
+
+def plot_ablation_forest(abl: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
+    """The ablation as a forest plot: per row, Δ hIoU and Δ unseen mIoU against the parent with the 95 %
+    interval of the paired per-seed differences; the zero line is 'no difference'."""
+    import seaborn as sns
+
+    if abl is None or abl.empty or "delta_U" not in abl:
+        return {"skipped": "no ablation table"}
+    rows = abl[abl["kind"] != "parent"].reset_index(drop=True)
+    if rows.empty:
+        return {"skipped": "no ablation row besides the parent"}
+    colors = sns.color_palette("colorblind", 2)
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 0.45 * len(rows) + 1.4), sharey=True)
+    y = np.arange(len(rows))[::-1]
+    stats = {}
+    for ax, (col, label), color in zip(axes, (("hIoU", "Δ hIoU"), ("U", "Δ unseen mIoU")), colors):
+        mean = rows[f"delta_{col}"].to_numpy(dtype=float)
+        half = rows[f"delta_{col}_ci95"].to_numpy(dtype=float)
+        ax.axvline(0.0, color="grey", lw=0.8)
+        ax.errorbar(mean, y, xerr=np.where(np.isfinite(half), half, 0.0), fmt="o", color=color, capsize=3)
+        ax.set_xlabel(f"{label} vs parent (points)")
+        for r, m, h in zip(rows["variant"], mean, half):
+            stats.setdefault(r, {})[col] = {"delta": float(m), "ci95": float(h),
+                                            "significant": bool(np.isfinite(h) and abs(m) > h)}
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels(rows["label"])
+    fig.suptitle("Ablation against the parent: mean ± 95 % paired interval over seeds", fontsize=9)
+    files = save_figure(fig, out_dir, "ablation_forest")
+    return {"files": files, "stats": stats}
+
+
 # --------------------------------------------------------------------------------------------- driver
 def make_all(runs, table: pd.DataFrame, pmean: pd.DataFrame, shares: dict[str, dict[str, Any]],
-             out_dir: str | Path, settings) -> dict[str, Any]:
+             out_dir: str | Path, settings, ablation: pd.DataFrame | None = None) -> dict[str, Any]:
     """Every figure for the runs of ``analysis.tables``; returns {figure id: {title, files, stats} or skipped}.
 
     ``files`` are relative to the analysis folder (``figures/<name>``).
@@ -393,4 +546,25 @@ def make_all(runs, table: pd.DataFrame, pmean: pd.DataFrame, shares: dict[str, d
                                   "mIoU_unseen": r.metrics["mIoU_unseen"]} for r in main_runs])
     record("seen_unseen_scatter", "Seen vs unseen mIoU with hIoU iso-curves",
            plot_seen_unseen_scatter(table, per_seed, out_dir, settings.ours))
+    record("su_curves", "Seen-unseen curves of a constant seen-score offset (calibrated stacking)",
+           plot_su_curves({m: [r.metrics.get("gamma_sweep") for r in main_runs if r.method == m] for m in methods},
+                          names, out_dir, settings.ours))
+    for m in methods:
+        files = [Path(r.path).parent / "train_curve.csv" for r in main_runs if r.method == m]
+        if any(f.is_file() for f in files):
+            record(f"train_curves/{m}", f"Training losses, {names.get(m, m)}",
+                   plot_train_curves(files, m, names.get(m, m), out_dir))
+    q_folders = {}
+    for m in methods:
+        mine = sorted((r for r in main_runs if r.method == m), key=lambda r: r.seed)
+        if mine:
+            q_folders[m] = Path(mine[0].path).parent / "qualitative"
+    if any(f.is_dir() for f in q_folders.values()) and main_runs:
+        pc = main_runs[0].metrics.get("per_class") or []
+        record("qualitative", "Qualitative results on fixed test images",
+               plot_qualitative(q_folders, names, [r["class"] for r in pc],
+                                [r["class"] for r in pc if r["split"] == "unseen"], out_dir))
+    if ablation is not None and not ablation.empty:
+        record("ablation_forest", "Ablation: Δ hIoU and Δ unseen mIoU against the parent",
+               plot_ablation_forest(ablation, out_dir))
     return figures

@@ -181,6 +181,28 @@ def ablation_paragraph(abl: pd.DataFrame, d: int = 2) -> str:
     return " ".join(parts)
 
 
+def per_class_unseen_section(pmean: pd.DataFrame, summary: dict[str, Any], d: int = 2) -> list[str]:
+    """Unseen classes x main methods: IoU mean over seeds (the per-class view of the unseen mIoU)."""
+    if pmean.empty or "split" not in pmean:
+        return []
+    rows = pmean[(pmean["group"] == "main") & (pmean["split"] == "unseen")]
+    methods = [m for m in (summary.get("methods") or []) if m in set(rows["method"])]
+    if rows.empty or not methods:
+        return []
+    classes = list(dict.fromkeys(rows["class"]))
+    lines = ["## Per-class unseen IoU", "",
+             "| Unseen class | " + " | ".join(_disp(summary, m) for m in methods) + " |",
+             "|---|" + "---:|" * len(methods)]
+    for c in classes:
+        cells = []
+        for m in methods:
+            v = rows[(rows["class"] == c) & (rows["method"] == m)]["IoU_mean"]
+            cells.append(fmt(float(v.iloc[0]), d) if len(v) else DASH)
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    lines += ["", "IoU (%) of each unseen class, mean over seeds (all values: `per_class_mean.csv`).", ""]
+    return lines
+
+
 def figure_paragraph(fid: str, fig: dict[str, Any], summary: dict[str, Any], d: int = 2) -> str:
     if "skipped" in fig:
         return f"Not drawn: {fig['skipped']}."
@@ -235,10 +257,46 @@ def figure_paragraph(fid: str, fig: dict[str, Any], summary: dict[str, Any], d: 
             if len(order) > 1 and order[0][1] < order[1][1]:
                 text += f" {_disp(summary, order[0][0])} has the smallest gap."
         return text
+    if kind == "qualitative":
+        return (f"Test images {', '.join(st.get('images') or [])}: the ones with the most unseen-class pixels "
+                "(a fixed rule, the same for every method); each method's prediction is its lowest seed's.")
+    if kind == "train_curves":
+        final = st.get("final") or {}
+        return (f"Mean over {st.get('n_runs', '?')} run(s) of every logged loss term at each logged iteration "
+                "(`train_curve.csv` per run, also shown by `dvc plots show`); final total loss "
+                f"{final.get('loss', float('nan')):.3f}.")
+    if kind == "ablation_forest":
+        sig = [v for v, cols in st.items() for c, x in cols.items() if x.get("significant")]
+        return ("Each row: the variant's mean difference to the parent over the seeds both have, with the 95 % "
+                "interval of the paired differences; an interval that crosses the grey zero line is no "
+                "measurable difference. " + (f"Measurable: {', '.join(sorted(set(sig)))}." if sig else
+                                             "No row differs measurably from the parent."))
+    if kind == "su_curves":
+        parts = []
+        for m, v in st.items():
+            areas = [a for a in (v.get("ausuc_per_run") or []) if a is not None]
+            if areas:
+                n = len(areas)
+                mean = sum(areas) / n
+                sd = (sum((a - mean) ** 2 for a in areas) / (n - 1)) ** 0.5 if n > 1 else float("nan")
+                parts.append(f"{_disp(summary, m)} {_ci(100 * mean, 100 * sd, n, d)}")
+        return ("Each line is one run: a constant γ subtracted from every seen-class score, swept from 'all "
+                "seen' (U = 0) to 'all unseen' (S = 0); the dot is the method's own operating point (γ = 0); "
+                "grey curves join points of equal hIoU. Area under each curve (AUSUC × 100, mean ± 95 % "
+                "interval over seeds): " + ", ".join(parts) + ".") if parts else ""
     return ""
 
 
 # --------------------------------------------------------------------------------------------- published
+def published_hiou_consistent(s: float, u: float, h: float, decimals: int = 1) -> bool:
+    """Whether a printed hIoU equals 2SU/(S+U) of the printed S and U, to the printed precision (any S, U
+    within half a unit of the last printed digit may have produced it)."""
+    half = 0.5 * 10 ** -decimals
+    lo = min(2 * a * b / (a + b) for a in (s - half, s + half) for b in (u - half, u + half) if a + b > 0)
+    hi = max(2 * a * b / (a + b) for a in (s - half, s + half) for b in (u - half, u + half) if a + b > 0)
+    return lo - half <= h <= hi + half
+
+
 def published_section(paper: dict[str, Any], summary: dict[str, Any], main: pd.DataFrame,
                       dataset: str | None, setting: str, d: int = 2) -> str:
     datasets, sources = paper.get("datasets") or {}, paper.get("sources") or {}
@@ -252,15 +310,23 @@ def published_section(paper: dict[str, Any], summary: dict[str, Any], main: pd.D
         where = (f"The analysed runs are on dataset `{dataset}` = {datasets[ours_key].get('name', ours_key)} "
                  f"({setting}).")
     lines += [where + " Published values are ViT-B/16 mIoU (%) from the cited source; reproduced values are "
-              "mean ± sample std over this suite's seeds.", ""]
+              "mean ± 95 % interval over this suite's seeds. ⚑ marks a published hIoU that is not "
+              "2SU/(S+U) of its own S and U (to the printed precision).", ""]
     lines += ["| Method | Backbone | Dataset | Setting | S | U | hIoU | Source | Reproduced S / U / hIoU | Δ hIoU |",
               "|---|---|---|---|---:|---:|---:|---|---|---:|"]
+    flagged = []
     for r in paper.get("results") or []:
         ds = datasets[r["dataset"]].get("name", r["dataset"])
         src = sources[r["source"]]
         src_md = f"[{r['source']}]({src['url']})" if src.get("url") else r["source"]
+        consistent = published_hiou_consistent(r["S"], r["U"], r["hIoU"])
+        h_cell = f"{r['hIoU']:.1f}" + ("" if consistent else " ⚑")
+        if not consistent:
+            flagged.append(f"{r.get('display', r['method'])} {ds} {r['setting']}: 2·{r['S']}·{r['U']}/"
+                           f"({r['S']}+{r['U']}) = {2 * r['S'] * r['U'] / (r['S'] + r['U']):.2f}, "
+                           f"printed {r['hIoU']}")
         cells = [r.get("display", r["method"]), r.get("backbone", ""), ds, r["setting"],
-                 f"{r['S']:.1f}", f"{r['U']:.1f}", f"{r['hIoU']:.1f}", src_md]
+                 f"{r['S']:.1f}", f"{r['U']:.1f}", h_cell, src_md]
         if ours_key != r["dataset"] or r["setting"] != setting:
             cells += ["no run on this dataset" if ours_key != r["dataset"] else f"no {r['setting']} run on this dataset", DASH]
         else:
@@ -268,10 +334,12 @@ def published_section(paper: dict[str, Any], summary: dict[str, Any], main: pd.D
             if row is None:
                 cells += [f"no run of {r.get('display', r['method'])} on this dataset", DASH]
             else:
-                cells += [" / ".join(_pm(row[f"{c}_mean"], row[f"{c}_std"], d) for c in ("S", "U", "hIoU")),
+                cells += [" / ".join(_pm(row[f"{c}_mean"], row[f"{c}_ci95"], d) for c in ("S", "U", "hIoU")),
                           f"{row['hIoU_mean'] - r['hIoU']:+.{d}f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if flagged:
+        lines += ["⚑ " + "; ".join(flagged) + ".", ""]
     claims = paper.get("claims") or []
     if claims:
         lines += ["Claims recorded as claims (relative numbers, not table entries):", ""]
@@ -351,6 +419,10 @@ def build_report(analysis: str | Path, out: str | Path, paper_table: str | Path 
     L += [md.read_text().rstrip() if md.is_file() else "No main-method runs.", ""]
     L += [winner_paragraph(summary, d), ""]
 
+    pmean_path = analysis / "per_class_mean.csv"
+    if pmean_path.is_file():
+        L += per_class_unseen_section(pd.read_csv(pmean_path), summary, d)
+
     if not abl.empty:
         L += ["## Ablation", ""]
         L += [(analysis / "ablation_table.md").read_text().rstrip(), ""]
@@ -374,11 +446,44 @@ def build_report(analysis: str | Path, out: str | Path, paper_table: str | Path 
     L += [published_section(load_paper_table(paper_table), summary, main, dataset, setting, d)]
     text = "\n".join(L).rstrip() + "\n"
     atomic_write_text(out, text)
+    html = out.with_suffix(".html")
+    atomic_write_text(html, report_html(text, out.parent, title or "Zero-shot segmentation results"))
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(out, 0o666 & ~umask)  # the atomic write's temporary file is private
-    log.info("report written to %s", out)
+    for path in (out, html):
+        os.chmod(path, 0o666 & ~umask)  # the atomic write's temporary file is private
+    log.info("report written to %s and %s", out, html)
     return text
+
+
+HTML_STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;line-height:1.45;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .5em}th{background:#f3f3f3}td{text-align:right}
+td:first-child{text-align:left}img{max-width:100%;height:auto}code{background:#f6f6f6;padding:0 .2em}"""
+
+
+def report_html(markdown_text: str, base: Path, title: str) -> str:
+    """The report as one HTML page that opens offline: Markdown rendered by markdown-it-py (CommonMark +
+    tables), every local PNG figure embedded as a base64 data URI (links to other files stay relative)."""
+    import base64
+    import html as html_lib
+    import re
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+
+    def embed(m: re.Match) -> str:
+        src = html_lib.unescape(m.group(2))
+        path = (base / src)
+        if re.match(r"^[a-z]+:", src) or not path.is_file() or path.suffix.lower() != ".png":
+            return m.group(0)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'{m.group(1)}data:image/png;base64,{data}{m.group(3)}'
+
+    body = re.sub(r'(<img src=")([^"]+)(")', embed, body)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html_lib.escape(title)}</title><style>{HTML_STYLE}</style></head>\n<body>\n{body}</body></html>\n")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

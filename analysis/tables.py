@@ -71,7 +71,12 @@ MAIN_METRICS: dict[str, str] = {
 }
 REQUIRED_KEYS = tuple(MAIN_METRICS)
 # written where the split names its stuff classes; carried into the main table when present
-OPTIONAL_COLUMNS: dict[str, str] = {"mIoU_unseen_stuff": "U-stuff", "mIoU_unseen_objects": "U-objects"}
+OPTIONAL_COLUMNS: dict[str, str] = {"mIoU_unseen_stuff": "U-stuff", "mIoU_unseen_objects": "U-objects",
+                                    "AUSUC": "AUSUC", "hIoU_cal": "hIoU cal.",
+                                    "unseen_to_seen_balanced": "u→s bal.", "seen_to_unseen_balanced": "s→u bal."}
+# from the metric JSON's gamma_sweep (alignzeg.evaluation.calibration): AUSUC x 100, and the metrics at the
+# seen-score offset chosen on val
+CALIBRATED = {"mIoU_seen_cal": "S", "mIoU_unseen_cal": "U", "hIoU_cal": "hIoU"}
 DERIVED_METRICS = ("seen_unseen_gap",)  # S - U: the misalignment gap, per run
 DASH = "–"
 
@@ -348,6 +353,14 @@ def tidy_runs(runs: Iterable[Run]) -> pd.DataFrame:
         for key in OPTIONAL_COLUMNS:
             if r.metrics.get(key) is not None:
                 rows.append((r.group, r.method, r.seed, key, float(r.metrics[key])))
+        sweep = r.metrics.get("gamma_sweep") or {}
+        if sweep.get("ausuc") is not None:
+            rows.append((r.group, r.method, r.seed, "AUSUC", 100.0 * float(sweep["ausuc"])))
+        cal = sweep.get("calibrated") or {}
+        for key, src in (("mIoU_seen_cal", "S"), ("mIoU_unseen_cal", "U"), ("hIoU_cal", "hIoU"),
+                         ("gamma_cal", "gamma")):
+            if cal.get(src) is not None:
+                rows.append((r.group, r.method, r.seed, key, float(cal[src])))
         rows.append((r.group, r.method, r.seed, "seen_unseen_gap",
                      float(r.metrics["mIoU_seen"]) - float(r.metrics["mIoU_unseen"])))
         rows.append((r.group, r.method, r.seed, "collapsed", run_collapsed(r.metrics)))
@@ -447,9 +460,14 @@ def ordered_methods(methods: Iterable[str], order: Iterable[str] | None) -> list
 
 
 def main_table(tidy: pd.DataFrame, names: dict[str, str] | None = None,
-               order: Iterable[str] | None = None, group: str = "main") -> pd.DataFrame:
-    """Method x metric table with ``<col>_mean``/``<col>_std`` columns and ``n_seeds``; numeric, unrounded."""
+               order: Iterable[str] | None = None, group: str = "main",
+               bootstraps: dict[str, list[dict]] | None = None) -> pd.DataFrame:
+    """Method x metric table with ``<col>_mean``/``<col>_std`` columns and ``n_seeds``; numeric, unrounded.
+
+    ``bootstraps``: method -> the ``bootstrap`` entries of its runs' metric JSON; a method with a single
+    run gets ``S/U/hIoU_boot_lo/hi`` (its per-image bootstrap interval, shown instead of a seed interval)."""
     names = names or {}
+    bootstraps = bootstraps or {}
     stats = summarise(tidy[tidy["group"] == group])
     collapsed = _collapsed_counts(tidy, group)
     methods = ordered_methods(stats["method"], order)
@@ -462,8 +480,42 @@ def main_table(tidy: pd.DataFrame, names: dict[str, str] | None = None,
             for stat in ("mean", "std", "ci95"):
                 row[f"{col}_{stat}"] = float(s.at[key, stat])
         row["n_collapsed"] = collapsed.get(m, 0)
+        row["kind"] = "method"
+        boots = bootstraps.get(m) or []
+        if row["n_seeds"] == 1 and len(boots) == 1:  # one run: its per-image bootstrap interval
+            for key, col in (("mIoU_seen", "S"), ("mIoU_unseen", "U"), ("hIoU", "hIoU")):
+                lo, hi = (boots[0].get(key) or [None, None])
+                row[f"{col}_boot_lo"] = float("nan") if lo is None else float(lo)
+                row[f"{col}_boot_hi"] = float("nan") if hi is None else float(hi)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def add_calibrated_rows(table: pd.DataFrame, tidy: pd.DataFrame, methods: Iterable[str],
+                        group: str = "main") -> pd.DataFrame:
+    """Insert, below each of ``methods``, a row of its runs at the seen-score offset γ chosen on val
+    (calibrated stacking, Chao et al. ECCV 2016): S, U, hIoU from ``mIoU_seen_cal`` etc., the other
+    columns empty. Methods without calibrated metrics get no row."""
+    if table.empty:
+        return table
+    stats = summarise(tidy[(tidy["group"] == group) & tidy["metric"].isin(list(CALIBRATED) + ["gamma_cal"])])
+    out = []
+    for _, r in table.iterrows():
+        out.append(r.to_dict())
+        m = r["method"]
+        if m not in set(methods) or r.get("kind") != "method":
+            continue
+        s = stats[stats["method"] == m].set_index("metric")
+        if "hIoU_cal" not in s.index:
+            continue
+        row = {k: (float("nan") if k.endswith(("_mean", "_std", "_ci95")) else v) for k, v in r.items()}
+        for key, col in CALIBRATED.items():
+            for stat in ("mean", "std", "ci95"):
+                row[f"{col}_{stat}"] = float(s.at[key, stat])
+        row.update(method=f"{m}+cal", display=f"{r['display']} + γ from val", kind="calibrated",
+                   gamma_mean=float(s.at["gamma_cal", "mean"]) if "gamma_cal" in s.index else float("nan"))
+        out.append(row)
+    return pd.DataFrame(out)
 
 
 def main_table_markdown(table: pd.DataFrame, decimals: int = 2, ours: str | None = None) -> str:
@@ -471,23 +523,37 @@ def main_table_markdown(table: pd.DataFrame, decimals: int = 2, ours: str | None
     header = ["Method"] + [f"{c} (%)" for c in cols]
     header += ["seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    best_h = table["hIoU_mean"].max() if not table.empty else None
+    methods_only = table[table["kind"] == "method"] if "kind" in table else table
+    best_h = methods_only["hIoU_mean"].max() if not table.empty else None
     for _, r in table.iterrows():
         name = r["display"] + (" (ours)" if ours and r["method"] == ours else "")
         cells = [name]
         for col in cols:
             cell = fmt_pm(r[f"{col}_mean"], r[f"{col}_ci95"], decimals)
-            if col == "hIoU" and r["hIoU_mean"] == best_h:
+            lo, hi = r.get(f"{col}_boot_lo"), r.get(f"{col}_boot_hi")
+            if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+                cell = f"{fmt(r[f'{col}_mean'], decimals)} [{lo:.{decimals}f}, {hi:.{decimals}f}]"
+            if col == "hIoU" and r["hIoU_mean"] == best_h and r.get("kind", "method") == "method":
                 cell = f"**{cell}**"
             cells.append(cell)
         cells.append(_seeds_cell(r))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Mean ± half-width of the 95 % Student-t interval over seeds; {DASH} = one seed. "
+    boot_note = ("; [a, b] = a single run's 95 % per-image bootstrap interval"
+                 if any(c.endswith("_boot_lo") for c in table.columns) else "")
+    lines.append(f"Mean ± half-width of the 95 % Student-t interval over seeds; {DASH} = one seed{boot_note}. "
                  "S/U = mIoU over seen/unseen classes, "
                  "hIoU = 2SU/(S+U) per run, unseen→seen = share of unseen-class pixels predicted as a seen class "
                  "(lower is better)" + ("; U-stuff / U-objects = unseen mIoU over the unseen stuff / object classes"
-                                        if len(cols) > len(MAIN_METRICS) else "") + ". Bold: highest mean hIoU.")
+                                        if "U-stuff" in cols else "")
+                 + ("; AUSUC = area under the seen-unseen curve of a constant seen-score offset γ swept from "
+                    "'all seen' to 'all unseen' (x 100, S and U as fractions); hIoU cal. = hIoU at the γ "
+                    "with the best val hIoU, applied on test" if "AUSUC" in cols or "hIoU cal." in cols else "")
+                 + ("; u→s bal. / s→u bal. = unseen→seen and seen→unseen error rates averaged over classes "
+                    "(each class weighs the same)" if "u→s bal." in cols else "")
+                 + ("; '+ γ from val' rows: that method at its val-chosen γ (calibrated stacking)"
+                    if "kind" in table and (table["kind"] == "calibrated").any() else "")
+                 + ". Bold: highest mean hIoU of a method.")
     if "n_collapsed" in table and table["n_collapsed"].sum():
         lines.append("")
         lines.append(COLLAPSE_NOTE)
@@ -574,6 +640,8 @@ def ablation_table(runs: Iterable[Run], tidy: pd.DataFrame) -> pd.DataFrame:
     collapsed = _collapsed_counts(tidy, "ablation")
     per_seed_h = {v: abl[(abl["method"] == v) & (abl["metric"] == "hIoU")].set_index("seed")["value"]
                   for v in comps}
+    per_seed_u = {v: abl[(abl["method"] == v) & (abl["metric"] == "mIoU_unseen")].set_index("seed")["value"]
+                  for v in comps}
     parents = [v for v, c in comps.items() if not any(c.values())]
     if len(parents) > 1:
         raise ValueError(f"ablation: several variants have every switch off: {parents}")
@@ -608,6 +676,13 @@ def ablation_table(runs: Iterable[Run], tidy: pd.DataFrame) -> pd.DataFrame:
         else:
             row["delta_hIoU"], row["delta_hIoU_std"], row["delta_n_paired"] = float("nan"), float("nan"), 0
         row["delta_hIoU_ci95"] = ci95(row["delta_hIoU_std"], row["delta_n_paired"])
+        if parent is not None and v != parent:  # the same for unseen mIoU (the ablation forest plot)
+            pu = per_seed_u[parent]
+            row["delta_U"] = row["U_mean"] - float(pu.mean())
+            std, n = _paired_diff(per_seed_u[v], pu)
+            row["delta_U_ci95"] = ci95(std, n)
+        else:
+            row["delta_U"], row["delta_U_ci95"] = (0.0 if v == parent else float("nan")), float("nan")
         # against the full model (the paired interval of the "removed" rows)
         if full is not None and v != full:
             fh = per_seed_h[full]
@@ -656,6 +731,62 @@ def ablation_markdown(table: pd.DataFrame, decimals: int = 2) -> str:
 
 
 # --------------------------------------------------------------------------------------------- winner
+def paired_differences(tidy: pd.DataFrame, ours: str | None, methods: Iterable[str],
+                       calibrated: Iterable[str] = (), group: str = "main") -> pd.DataFrame:
+    """``ours`` minus every other method, per seed both have: hIoU and unseen mIoU, with the 95 %
+    Student-t interval of the paired differences; for each method in ``calibrated`` also ``ours`` minus
+    that method at its val-chosen γ (``hIoU_cal``, ``mIoU_unseen_cal``). ``significant`` is False when the
+    interval contains zero (or is undefined)."""
+    rows = []
+    if ours is None:
+        return pd.DataFrame(rows)
+    sel = tidy[tidy["group"] == group]
+
+    def per_seed(method: str, metric: str) -> pd.Series:
+        return sel[(sel["method"] == method) & (sel["metric"] == metric)].set_index("seed")["value"]
+
+    pairs = [(m, m, metric, metric) for m in methods if m != ours for metric in ("hIoU", "mIoU_unseen")]
+    pairs += [(f"{m}+cal", m, metric, metric + "_cal") for m in calibrated
+              for metric in ("hIoU", "mIoU_unseen")]
+    for label, other, metric, other_metric in pairs:
+        a, b = per_seed(ours, metric), per_seed(other, other_metric)
+        common = a.index.intersection(b.index)
+        if len(common) == 0:
+            continue
+        d = (a.loc[common] - b.loc[common]).to_numpy(dtype=float)
+        std = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
+        half = ci95(std, len(d))
+        rows.append({"ours": ours, "other": label, "metric": metric, "n": int(len(d)), "diff_mean": float(d.mean()),
+                     "diff_std": std, "diff_ci95": half,
+                     "significant": bool(math.isfinite(half) and abs(float(d.mean())) > half)})
+    return pd.DataFrame(rows)
+
+
+def paired_markdown(table: pd.DataFrame, names: dict[str, str], decimals: int = 2) -> str:
+    if table.empty:
+        return ""
+    ours = names.get(table["ours"].iloc[0], table["ours"].iloc[0])
+    lines = [f"| {ours} minus | Δ hIoU | Δ U | seeds |", "|---|---:|---:|---:|"]
+    for other, g in table.groupby("other", sort=False):
+        base = other[:-4] if other.endswith("+cal") else other
+        label = names.get(base, base) + (" + γ from val" if other.endswith("+cal") else "")
+        cells = []
+        for metric in ("hIoU", "mIoU_unseen"):
+            r = g[g["metric"] == metric]
+            if r.empty:
+                cells.append(DASH)
+                continue
+            r = r.iloc[0]
+            cell = f"{r['diff_mean']:+.{decimals}f}" + (f" ± {r['diff_ci95']:.{decimals}f}"
+                                                        if math.isfinite(r["diff_ci95"]) else "")
+            cells.append(cell + ("" if r["significant"] else " (n.s.)"))
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {int(g['n'].max())} |")
+    lines.append("")
+    lines.append("Paired per-seed differences (same seed), mean ± half-width of their 95 % Student-t interval; "
+                 "(n.s.) = the interval contains zero (or one seed only): no measurable difference.")
+    return "\n".join(lines) + "\n"
+
+
 def compare(tidy: pd.DataFrame, a: str, b: str, metric: str = "hIoU", group: str = "main") -> dict[str, Any]:
     """Method ``a`` minus method ``b`` on ``metric``.
 
@@ -815,6 +946,7 @@ class Settings:
     decimals: int = 2
     plots: bool = True
     params: str | None = None                             # the params file these settings come from
+    calibrated: list[str] = field(default_factory=list)   # methods shown again at their val-chosen γ
 
     def to_dict(self) -> dict[str, Any]:
         return {"names": self.names, "order": list(self.names), "ours": self.ours, "dataset": self.dataset,
@@ -860,6 +992,7 @@ def load_settings(params: str | Path | None, section: str = "analyse") -> Settin
     st.metric = str(sec.get("metric", st.metric))
     st.top_k = int(sec.get("top_k", st.top_k))
     st.decimals = int(sec.get("decimals", st.decimals))
+    st.calibrated = [str(m) for m in (sec.get("calibrated") or [])]
     if st.metric not in REQUIRED_KEYS:
         raise ValueError(f"--params {path}: {section}.metric must be one of {REQUIRED_KEYS}, got {st.metric!r}")
     if st.setting not in ("inductive", "transductive"):
@@ -907,8 +1040,13 @@ def analyse(results: str | Path, out: str | Path, settings: Settings | None = No
     all_main = ordered_methods([r.method for r in runs if r.group == "main"], st.names)
     main_methods = [m for m in all_main if m not in unseen_loc]
     loc_methods = [m for m in all_main if m in unseen_loc]
-    table = main_table(tidy[~tidy["method"].isin(loc_methods)], st.names, main_methods) if main_methods \
-        else pd.DataFrame()
+    boots: dict[str, list[dict]] = {}
+    for r in runs:
+        if r.group == "main" and r.metrics.get("bootstrap"):
+            boots.setdefault(r.method, []).append(r.metrics["bootstrap"])
+    table = main_table(tidy[~tidy["method"].isin(loc_methods)], st.names, main_methods, bootstraps=boots) \
+        if main_methods else pd.DataFrame()
+    table = add_calibrated_rows(table, tidy, st.calibrated)
     loc_table = main_table(tidy[tidy["method"].isin(loc_methods)], st.names, loc_methods) if loc_methods \
         else pd.DataFrame()
     abl = ablation_table(runs, tidy)
@@ -939,6 +1077,11 @@ def analyse(results: str | Path, out: str | Path, settings: Settings | None = No
             if not loc_table.empty:
                 md += ("\nNot strictly inductive (the class indicator learns from where the unseen pixels lie; "
                        "not comparable with the rows above):\n\n" + main_table_markdown(loc_table, st.decimals))
+            paired = paired_differences(tidy, st.ours if st.ours in main_methods else None, main_methods,
+                                        [m for m in st.calibrated if m in main_methods])
+            if not paired.empty:
+                paired.to_csv(tmp / "paired_differences.csv", index=False)
+                md += "\n" + paired_markdown(paired, st.names, st.decimals)
             if summary["oracle"]:
                 md += "\n" + oracle_markdown(summary["oracle"], st.decimals)
             (tmp / "main_table.md").write_text(md)
@@ -950,7 +1093,8 @@ def analyse(results: str | Path, out: str | Path, settings: Settings | None = No
         if st.plots:
             from analysis import plots
 
-            figures = plots.make_all(runs, table, pmean, shares, tmp / "figures", st)
+            methods_only = table[table["kind"] == "method"] if "kind" in table else table
+            figures = plots.make_all(runs, methods_only, pmean, shares, tmp / "figures", st, abl)
         (tmp / "figures.json").write_text(json.dumps(_json_safe(figures), indent=1) + "\n")
         (tmp / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1) + "\n")
         _readable(tmp)

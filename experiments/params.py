@@ -153,6 +153,9 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "training_free": _list(_str(), nonempty=False),
         "score_softmax": _list(_str(), nonempty=False),
         "score_samples": _int(1),
+        "gamma_points": _int(0, 1000),
+        "bootstrap": _int(0, 100000),
+        "qualitative": _int(0, 64),
     },
     "ablate": {
         "method": _str(),
@@ -165,6 +168,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "top_k": _int(1),
         "decimals": _int(0, 6),
         "methods": _mapping(_str()),
+        "calibrated": _list(_str(), nonempty=False),
     },
 }
 
@@ -258,6 +262,9 @@ def problems(params: Any, root: str | os.PathLike = ".") -> list[str]:
             out.append(f"ablate.from_main.{v}: {m!r} is not in evaluate.methods")
     if an["ours"] not in every:
         out.append(f"analyse.ours: {an['ours']!r} is not an evaluated method")
+    for m in an["calibrated"]:
+        if m not in every:
+            out.append(f"analyse.calibrated: {m!r} is not an evaluated method")
     for m in an["methods"]:
         if m not in every:
             out.append(f"analyse.methods: {m!r} is not an evaluated method")

@@ -50,9 +50,11 @@ from experiments.params import load as load_params  # noqa: E402,F401  (public n
 from experiments.params import variant_components as _variant_components  # noqa: E402
 
 FLAT_METRICS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "collapsed")
-# written when defined (the split names its stuff classes)
-OPTIONAL_METRICS = ("mIoU_unseen_stuff", "mIoU_unseen_objects")
+# written when defined (the split names its stuff classes; the γ sweep runs: evaluate.gamma_points)
+OPTIONAL_METRICS = ("mIoU_unseen_stuff", "mIoU_unseen_objects", "AUSUC", "mIoU_seen_cal", "mIoU_unseen_cal",
+                    "hIoU_cal", "gamma_cal")
 ABLATION = "ablation"
+TRAIN_CURVE = "train_curve.csv"
 CHECK_FILE = "params-check.txt"
 _RUN_IDS = itertools.count()
 # Per-run names and folders (the text-cache copy, the visualizer): not part of what the run computes.
@@ -263,11 +265,41 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
     ckpt = work / f"iter_{cfg.train_cfg.max_iters}.pth"
     if not ckpt.is_file():
         raise RuntimeError(f"training finished but {ckpt} was not written")
+    write_train_curve(work, result_dir(params, name, seed, group) / TRAIN_CURVE)
     buf = io.BytesIO()
     torch.save(stripped_checkpoint(load_checkpoint_file(ckpt)), buf)
     final = work / "model.pth"
     atomic_write_bytes(final, buf.getvalue())
     return final
+
+
+def write_train_curve(work: Path, out: Path) -> Path:
+    """Every logged loss term and the learning rate per iteration, from mmengine's visualisation backend
+    (``<work>/<timestamp>/vis_data/scalars.json``, one JSON object per logged iteration; the folders of
+    a resumed run are merged, a later folder's entry winning for the same iteration), as CSV for DVC
+    plots and the analysis. Columns: ``step``, ``lr``, ``loss`` and each ``*loss*`` term, sorted."""
+    import csv
+    import io
+
+    from alignzeg.utils import atomic_write_text
+
+    by_step: dict[int, dict] = {}
+    for path in sorted(Path(work).glob("*/vis_data/scalars.json")):
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            if "step" in entry and "loss" in entry:
+                by_step[int(entry["step"])] = entry
+    keys = sorted({k for e in by_step.values() for k in e if "loss" in k and k != "loss"})
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["step", "lr", "loss", *keys])
+    for step in sorted(by_step):
+        e = by_step[step]
+        writer.writerow([step, e.get("lr", ""), e["loss"], *[e.get(k, "") for k in keys]])
+    atomic_write_text(out, buf.getvalue())
+    return out
 
 
 def run_protocol(cfg) -> dict:
@@ -291,21 +323,63 @@ def evaluate_run(params: dict, name: str, seed: int, group: str = "",
 
     ``split='test'`` (the DVC stages) writes to the run's result folder; ``split='val'`` evaluates the
     validation images instead, for choices made on val, and writes to ``<result folder>/val``.
+
+    With ``evaluate.gamma_points > 0`` every evaluation also sweeps a constant offset γ on the seen-class
+    scores in the same pass (:mod:`alignzeg.evaluation.calibration`: the S(γ), U(γ) curve and its area,
+    AUSUC). A test evaluation first evaluates val (``<result folder>/val``), takes the γ with the best val
+    hIoU and reports the test metrics at that γ beside the plain ones (``*_cal``): calibrated stacking
+    with its offset chosen on val, never on test.
     """
+    from alignzeg.evaluation.calibration import best_gamma
+
+    if split not in ("test", "val"):
+        raise SystemExit(f"evaluate --split: expected test or val, got {split!r}")
+    ev = params["evaluate"]
+    out = result_dir(params, name, seed, group)
+    training_free = name in ev["training_free"]
+    if checkpoint is None and not training_free:
+        checkpoint = run_dir(params, name, seed, group) / "model.pth"
+    if checkpoint is not None and not checkpoint.is_file():
+        raise SystemExit(f"checkpoint not found: {checkpoint} (run the train stage first)")
+    points = int(ev.get("gamma_points") or 0)
+    if split == "val":
+        return _evaluate_pass(params, name, seed, group, checkpoint, "val", out / "val",
+                              dict(num=points) if points else None)
+    sweep = None
+    if points:
+        sweep = dict(num=points)
+        if load_run_config(params, name, group).get("val_split_dataloader") is not None:
+            _evaluate_pass(params, name, seed, group, checkpoint, "val", out / "val", dict(num=points),
+                           score_hook=False)
+            curve = json.loads((out / "val" / "zeroshot_metrics.json").read_text())["gamma_sweep"]
+            sweep["calibrated"] = best_gamma([float(g) for g in curve["gammas"]], curve["hIoU"])
+    return _evaluate_pass(params, name, seed, group, checkpoint, "test", out, sweep)
+
+
+def _qualitative_names(params: dict, cfg, k: int) -> list[str]:
+    """The test images of the qualitative figure: the ``k`` with the most unseen-class pixels."""
+    from alignzeg.engine.score_hook import qualitative_images
+    from alignzeg.splits import load_split
+
+    split = load_split(params["base"]["split"])
+    ds = cfg.test_dataloader.dataset
+    ann_dir = Path(ds.data_root) / ds.data_prefix["seg_map_path"]
+    unseen = [split.classes.index(c) for c in split.unseen]
+    return qualitative_images(ann_dir, unseen, k)
+
+
+def _evaluate_pass(params: dict, name: str, seed: int, group: str, checkpoint: Path | None, split: str,
+                   out: Path, gamma_sweep: dict | None, score_hook: bool = True) -> dict:
+    """One evaluation of ``split`` into ``out``: a runner of its own, the checkpoint loaded strictly."""
     from mmengine.runner import Runner
 
     from alignzeg.utils import atomic_write_json
     from experiments.test import _set_output_dir, load_strict
-    from experiments.train import prepare_runtime
+    from experiments.train import prepare_runtime, zeroshot_metric_cfgs
 
     prepare_runtime()
     _set_threads(params)
     ev = params["evaluate"]
-    out = result_dir(params, name, seed, group)
-    if split == "val":
-        out = out / "val"
-    elif split != "test":
-        raise SystemExit(f"evaluate --split: expected test or val, got {split!r}")
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_run_config(params, name, group)
     if split == "val":
@@ -318,21 +392,24 @@ def evaluate_run(params: dict, name: str, seed: int, group: str = "",
     cfg.randomness = dict(cfg.get("randomness") or {}, seed=int(seed))
     cfg.model.text.cache_dir = str(_run_text_cache(params["base"]["text_cache"], work))
     _own_visualizer(cfg)
-    training_free = name in ev["training_free"]
-    if checkpoint is None and not training_free:
-        checkpoint = run_dir(params, name, seed, group) / "model.pth"
-    if checkpoint is not None and not checkpoint.is_file():
-        raise SystemExit(f"checkpoint not found: {checkpoint} (run the train stage first)")
     cfg.load_from = None
     cfg.resume = False
     for key in ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler"):
         cfg.pop(key, None)
     if not _set_output_dir(cfg.test_evaluator, str(out)):
         raise SystemExit(f"{name}: test_evaluator has no ZeroShotIoUMetric")
-    softmax = name in ev["score_softmax"] or (group == ABLATION and params["ablate"]["method"] in ev["score_softmax"])
+    for metric in zeroshot_metric_cfgs(cfg.test_evaluator):
+        metric["gamma_sweep"] = gamma_sweep
+        if split == "test" and int(ev.get("bootstrap") or 0):
+            metric.update(bootstrap=int(ev["bootstrap"]), bootstrap_seed=int(seed))
     hooks = list(cfg.get("custom_hooks") or [])
-    hooks.append(dict(type="UnseenScoreSamplerHook", out_file=str(out / "scores.npz"),
-                      max_samples=int(ev["score_samples"]), seed=int(seed), apply_softmax=softmax))
+    if split == "test" and int(ev.get("qualitative") or 0):
+        hooks.append(dict(type="PredictionSaverHook", out_dir=str(out / "qualitative"),
+                          names=_qualitative_names(params, cfg, int(ev["qualitative"]))))
+    if score_hook:
+        softmax = name in ev["score_softmax"] or (group == ABLATION and params["ablate"]["method"] in ev["score_softmax"])
+        hooks.append(dict(type="UnseenScoreSamplerHook", out_file=str(out / "scores.npz"),
+                          max_samples=int(ev["score_samples"]), seed=int(seed), apply_softmax=softmax))
     cfg.custom_hooks = hooks
     import alignzeg.engine.score_hook  # noqa: F401  registers the hook
 
@@ -350,7 +427,7 @@ def evaluate_run(params: dict, name: str, seed: int, group: str = "",
     atomic_write_json(out / "protocol.json", run_protocol(cfg))
     if group == ABLATION:
         atomic_write_json(out / "components.json", variant_components(name))
-    print(json.dumps({"method": name, "seed": seed, **{k: round(v, 2) for k, v in flat.items()}}))
+    print(json.dumps({"method": name, "seed": seed, "split": split, **{k: round(v, 2) for k, v in flat.items()}}))
     return flat
 
 

@@ -80,21 +80,28 @@ def prepare_runtime() -> None:
     register_mmengine_loader()
 
 
-def set_metric_output_dir(evaluator, out_dir: str, overwrite: bool) -> bool:
-    """Point the ZeroShotIoUMetric entries of an evaluator config at ``out_dir`` (only unset ones unless
-    ``overwrite``). Returns whether there was one."""
+def zeroshot_metric_cfgs(evaluator) -> list:
+    """The ZeroShotIoUMetric entries (config dicts, editable in place) of an evaluator config."""
     items = evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]
-    found = False
+    found = []
     for item in items:
         if item is None:
             continue
         metrics = item.get("metrics") if item.get("type") == "Evaluator" else item
         for metric in (metrics if isinstance(metrics, (list, tuple)) else [metrics]):
             if metric is not None and metric.get("type") == "ZeroShotIoUMetric":
-                if overwrite or metric.get("output_dir") is None:
-                    metric["output_dir"] = out_dir
-                found = True
+                found.append(metric)
     return found
+
+
+def set_metric_output_dir(evaluator, out_dir: str, overwrite: bool) -> bool:
+    """Point the ZeroShotIoUMetric entries of an evaluator config at ``out_dir`` (only unset ones unless
+    ``overwrite``). Returns whether there was one."""
+    metrics = zeroshot_metric_cfgs(evaluator)
+    for metric in metrics:
+        if overwrite or metric.get("output_dir") is None:
+            metric["output_dir"] = out_dir
+    return bool(metrics)
 
 
 def unwrap(model):

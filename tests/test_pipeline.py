@@ -198,9 +198,35 @@ def test_report_and_metrics_commands(pipeline_repo):
     assert "mIoU_unseen" in flat and "unseen_to_seen" in flat
     out = _run([dvc, "plots", "show", "-o", str(root / "dvc_plots")], root, env)
     assert (root / "dvc_plots" / "index.html").is_file(), out
+    _check_rendered_plots(root)
     exp = _run([dvc, "exp", "show", "--json"], root, env)
     assert "hIoU" in exp
     assert math.isfinite(float(data and 1))
+
+
+def _check_rendered_plots(root: Path) -> None:
+    """Every plot dvc.yaml declares is in the rendered page with its data: each image is written next to
+    the page, and the main-table bar chart holds every row's method and hIoU (the CSV's own text) with
+    the hIoU on the bar axis."""
+    import csv
+
+    html = (root / "dvc_plots" / "index.html").read_text()
+    declared = yaml.safe_load((root / "dvc.yaml").read_text())["plots"]
+    images = [p for p in declared if isinstance(p, str)]
+    assert images
+    for rel in images:
+        name = Path(rel.replace("${base.reports_dir}", "reports")).name
+        written = list((root / "dvc_plots").rglob(f"*{name}"))
+        assert written and written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert name in html, name
+    with (root / "reports" / "analysis" / "main_table.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows
+    for row in rows:
+        assert f'"method": "{row["method"]}"' in html and f'"hIoU_mean": "{row["hIoU_mean"]}"' in html, row["method"]
+    # the bar length is the hIoU (a number), the category the method; swapped, the hIoU would be "nominal"
+    assert '"field": "hIoU_mean", "type": "quantitative"' in html
+    assert '"field": "method", "type": "nominal"' in html
 
 
 def test_paper_profile_builds_every_run_config():

@@ -138,3 +138,55 @@ def proposal_indicator_labels(indicator_prob: torch.Tensor, mask_logits: torch.T
         probs.append(indicator_prob[b].float().cpu()[keep].numpy())
         labels.append(unseen_mask.cpu()[major[keep]].numpy())
     return np.concatenate(probs), np.concatenate(labels).astype(bool)
+
+
+@HOOKS.register_module()
+class PredictionSaverHook(Hook):
+    """Save the image, ground truth and prediction of chosen test images (the qualitative figure).
+
+    ``names``: image file stems to keep (the pipeline picks them by a fixed rule, see
+    :func:`qualitative_images`); each is written to ``out_dir`` as ``<stem>_image.png`` (RGB as loaded),
+    ``<stem>_gt.png`` and ``<stem>_pred.png`` (uint8 label maps, 255 = ignore).
+    """
+
+    priority = "LOW"
+
+    def __init__(self, out_dir: str, names: list[str]) -> None:
+        self.out_dir = out_dir
+        self.names = set(names)
+
+    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        import os.path as osp
+
+        from PIL import Image
+
+        for sample in outputs or []:
+            path = sample.metainfo.get("img_path", "")
+            stem = osp.splitext(osp.basename(path))[0]
+            if stem not in self.names:
+                continue
+            import os
+
+            os.makedirs(self.out_dir, exist_ok=True)
+            pred = sample.pred_sem_seg.data.squeeze(0).cpu().numpy().astype(np.uint8)
+            gt = sample.gt_sem_seg.data.squeeze(0).cpu().numpy().astype(np.uint8)
+            img = np.asarray(Image.open(path).convert("RGB"))
+            for suffix, arr in (("image", img), ("gt", gt), ("pred", pred)):
+                buf = __import__("io").BytesIO()
+                Image.fromarray(arr).save(buf, format="PNG")
+                atomic_write_bytes(osp.join(self.out_dir, f"{stem}_{suffix}.png"), buf.getvalue())
+
+
+def qualitative_images(ann_dir, unseen_ids, k: int = 4) -> list[str]:
+    """The ``k`` annotation stems with the most unseen-class pixels (ties: name order): a fixed rule, the
+    same images for every method and seed."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    scored = []
+    unseen_ids = np.asarray(sorted(unseen_ids))
+    for p in sorted(Path(ann_dir).glob("*.png")):
+        lab = np.asarray(Image.open(p))
+        scored.append((-int(np.isin(lab, unseen_ids).sum()), p.stem))
+    return [stem for _, stem in sorted(scored)[:k]]

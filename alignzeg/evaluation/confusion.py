@@ -21,6 +21,10 @@ Acc NaN. All returned numbers are percentages (0..100) and unrounded.
 * ``aAcc`` pixel accuracy over all non-ignored pixels.
 * ``unseen_to_seen`` share of unseen-class ground-truth pixels predicted as any seen class: the
   seen-class bias that AlignZeg's predictive bias correction targets. NaN without unseen pixels.
+* ``unseen_to_seen_balanced`` the same share per unseen class, averaged over the unseen classes with
+  ground truth (every class weighs the same, however many pixels it has); ``seen_to_unseen`` /
+  ``seen_to_unseen_balanced`` the opposite error: seen-class pixels predicted as an unseen class, pooled
+  and class-balanced (an over-correction shows here).
 * ``mIoU_unseen_stuff`` / ``mIoU_unseen_objects`` the unseen mIoU over the unseen stuff classes and
   over the other unseen classes, where the split names its stuff classes (NaN otherwise).
 * ``collapsed`` 1.0 when the predictions have collapsed (:func:`collapse_report`), else 0.0: such a
@@ -148,6 +152,16 @@ def metrics_from_confusion(matrix, classes: Sequence[str], unseen: Sequence[str]
     unseen_objects = _nanmean(iou[is_unseen & ~is_stuff]) if len(stuff) else float("nan")
     unseen_gt = int(m[is_unseen].sum())
     unseen_as_seen = int(m[np.ix_(is_unseen, ~is_unseen)].sum())
+    seen_gt = int(m[~is_unseen].sum())
+    seen_as_unseen = int(m[np.ix_(~is_unseen, is_unseen)].sum())
+
+    def balanced(rows: np.ndarray, cols: np.ndarray) -> float:
+        """Mean over the ``rows`` classes with ground truth of their share predicted as a ``cols`` class."""
+        gt = m[rows].sum(1).astype(np.float64)
+        wrong = m[np.ix_(rows, cols)].sum(1).astype(np.float64)
+        ok = gt > 0
+        return 100.0 * float((wrong[ok] / gt[ok]).mean()) if ok.any() else float("nan")
+
     return {
         "mIoU": _nanmean(iou),
         "mIoU_seen": seen_miou,
@@ -155,6 +169,9 @@ def metrics_from_confusion(matrix, classes: Sequence[str], unseen: Sequence[str]
         "hIoU": harmonic_iou(seen_miou, unseen_miou),
         "aAcc": 100.0 * float(tp.sum()) / total if total else float("nan"),
         "unseen_to_seen": 100.0 * unseen_as_seen / unseen_gt if unseen_gt else float("nan"),
+        "unseen_to_seen_balanced": balanced(is_unseen, ~is_unseen),
+        "seen_to_unseen": 100.0 * seen_as_unseen / seen_gt if seen_gt else float("nan"),
+        "seen_to_unseen_balanced": balanced(~is_unseen, is_unseen),
         "mIoU_unseen_stuff": unseen_stuff,
         "mIoU_unseen_objects": unseen_objects,
         "per_class": [

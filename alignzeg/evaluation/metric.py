@@ -18,6 +18,7 @@ import os.path as osp
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger, print_log
 
@@ -54,6 +55,18 @@ class ZeroShotIoUMetric(BaseMetric):
             ``ZeroShotSegDataset`` provides it); if that is missing too, evaluation raises.
         output_dir: folder for ``zeroshot_metrics.json`` (written atomically, rank 0 only, overwritten
             at every evaluation). None: no file.
+        gamma_sweep: the seen–unseen trade-off in the same pass (:mod:`alignzeg.evaluation.calibration`):
+            ``dict(num=41)`` takes the γ grid from the quantiles of the first batch's per-pixel margins
+            (best seen minus best unseen score, the model's own ``seg_logits`` units) plus -inf, 0 and
+            +inf; ``gammas=[...]`` fixes it instead (required with several processes); ``extra=[...]`` adds
+            values; ``calibrated=γ`` (one of them, e.g. chosen on val) reports ``*_cal`` metrics at that γ.
+            The JSON gains ``gamma_sweep`` (γ, S, U, hIoU per γ, ``ausuc``) and the flat scalars
+            ``AUSUC`` and, with ``calibrated``, ``mIoU_seen_cal``, ``mIoU_unseen_cal``, ``hIoU_cal``,
+            ``gamma_cal``. None (default): no sweep.
+        bootstrap: number of per-image bootstrap resamples (0: none). Keeps one C×C matrix per image
+            (int32) and writes ``bootstrap`` to the JSON: the 2.5 / 97.5 % percentiles of seen and unseen
+            mIoU and hIoU over resamples of the evaluated images (seeded by ``bootstrap_seed``), the
+            interval of a single run; one process only.
         collect_device, prefix: as for every mmengine metric.
 
     Returns to mmengine the flat scalars ``mIoU, mIoU_seen, mIoU_unseen, hIoU, aAcc, unseen_to_seen``
@@ -65,9 +78,24 @@ class ZeroShotIoUMetric(BaseMetric):
                  unseen_classes: Optional[Sequence[str]] = None,
                  split: Optional[str] = None,
                  output_dir: Optional[str] = None,
+                 gamma_sweep: Optional[dict] = None,
+                 bootstrap: int = 0,
+                 bootstrap_seed: int = 0,
                  collect_device: str = "cpu",
                  prefix: Optional[str] = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
+        self.gamma_sweep = dict(gamma_sweep) if gamma_sweep is not None else None
+        if self.gamma_sweep is not None:
+            unknown = set(self.gamma_sweep) - {"num", "gammas", "extra", "calibrated"}
+            if unknown:
+                raise ValueError(f"ZeroShotIoUMetric: gamma_sweep: unknown keys {sorted(unknown)} "
+                                 "(use num, gammas, extra, calibrated)")
+        self._gammas = None
+        self._images: list[np.ndarray] = []
+        if int(bootstrap) < 0:
+            raise ValueError(f"ZeroShotIoUMetric: bootstrap must be >= 0, got {bootstrap}")
+        self.bootstrap = int(bootstrap)
+        self.bootstrap_seed = int(bootstrap_seed)
         self.ignore_index = int(ignore_index)
         if isinstance(unseen_classes, str):
             raise TypeError("ZeroShotIoUMetric: 'unseen_classes' must be a list of class names, "
@@ -132,6 +160,7 @@ class ZeroShotIoUMetric(BaseMetric):
         else:
             raise ValueError("ZeroShotIoUMetric: dataset_meta has no 'classes' and no 'split' was given")
         total = None
+        sweep = self._sweep_batch(data_samples, num_classes) if self.gamma_sweep is not None else None
         for sample in data_samples:
             pred = _field(_field(sample, "pred_sem_seg"), "data").squeeze()
             if not _has_field(sample, "gt_sem_seg"):
@@ -145,18 +174,72 @@ class ZeroShotIoUMetric(BaseMetric):
                     sample, "img_path", None)
                 raise ValueError(f"{path or 'data sample'}: {err}") from err
             total = counts if total is None else total + counts
+            if self.bootstrap:
+                self._images.append(np.asarray(counts, dtype=np.int32))
         if total is None:
             return
-        if self.results:
+        if sweep is not None:  # still one entry per process: {"conf": C×C, "sweep": G×C×C}
+            if self.results:
+                self.results[0] = {"conf": self.results[0]["conf"] + total,
+                                   "sweep": self.results[0]["sweep"] + sweep}
+            else:
+                self.results.append({"conf": total, "sweep": sweep})
+        elif self.results:
             self.results[0] = self.results[0] + total
         else:
             self.results.append(total)
+
+    def _seen_mask(self, num_classes: int) -> torch.Tensor:
+        classes, unseen = self._vocabulary()
+        if len(classes) != num_classes:
+            raise ValueError(f"ZeroShotIoUMetric: {len(classes)} class names for {num_classes} classes")
+        return torch.tensor([c not in set(unseen) for c in classes], dtype=torch.bool)
+
+    def _sweep_batch(self, data_samples: Sequence[Any], num_classes: int) -> np.ndarray:
+        """G×C×C confusion matrices of the batch at every γ of the sweep (grid fixed on the first batch)."""
+        from alignzeg.evaluation.calibration import gamma_grid, margins_of, sweep_confusions
+
+        seen = self._seen_mask(num_classes)
+        scores = []
+        for sample in data_samples:
+            if not _has_field(sample, "seg_logits"):
+                raise KeyError("ZeroShotIoUMetric: gamma_sweep needs 'seg_logits' in the data samples")
+            scores.append(_field(_field(sample, "seg_logits"), "data").float())
+        if self._gammas is None:
+            cfg = self.gamma_sweep
+            if cfg.get("gammas") is not None:
+                base = np.asarray(list(cfg["gammas"]), dtype=np.float64)
+                self._gammas = np.unique(np.concatenate([base, [-np.inf, 0.0, np.inf],
+                                                         list(cfg.get("extra") or [])]))
+            else:
+                from mmengine.dist import get_world_size
+
+                if get_world_size() > 1:
+                    raise ValueError("ZeroShotIoUMetric: gamma_sweep with several processes needs a fixed "
+                                     "'gammas' list (the first batch differs between processes)")
+                margins = torch.cat([margins_of(sc, seen).flatten() for sc in scores])
+                self._gammas = gamma_grid(margins, int(cfg.get("num", 41)), cfg.get("extra") or ())
+            cal = cfg.get("calibrated")
+            if cal is not None and not np.any(self._gammas == float(cal)):
+                self._gammas = np.unique(np.concatenate([self._gammas, [float(cal)]]))
+        total = None
+        for sample, sc in zip(data_samples, scores):
+            gt = _field(_field(sample, "gt_sem_seg"), "data").squeeze()
+            mats = sweep_confusions(sc.squeeze(0) if sc.dim() == 4 else sc, gt, seen, self._gammas,
+                                    self.ignore_index)
+            total = mats if total is None else total + mats
+        return total
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         """Sum the per-process matrices, log the table, write the JSON, return the flat scalars."""
         classes, unseen = self._vocabulary()
         matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
+        sweep = None
         for part in results:
+            if isinstance(part, dict):
+                s_part = np.asarray(part["sweep"], dtype=np.int64)
+                sweep = s_part if sweep is None else sweep + s_part
+                part = part["conf"]
             part = np.asarray(part.cpu() if hasattr(part, "cpu") else part, dtype=np.int64)
             if part.shape != matrix.shape:
                 raise ValueError(f"ZeroShotIoUMetric: collected matrix of shape {part.shape}, expected "
@@ -167,6 +250,17 @@ class ZeroShotIoUMetric(BaseMetric):
         else:
             stuff = list((self.dataset_meta or {}).get("stuff_classes") or ())
         metrics = metrics_from_confusion(matrix, classes, unseen, [c for c in stuff if c in classes])
+        flat_extra: dict[str, float] = {}
+        if sweep is not None:
+            metrics["gamma_sweep"], flat_extra = self._sweep_summary(sweep, classes, unseen)
+        if self.bootstrap:
+            from mmengine.dist import get_world_size
+
+            if get_world_size() > 1:
+                raise ValueError("ZeroShotIoUMetric: bootstrap runs in one process only")
+            metrics["bootstrap"] = bootstrap_interval(np.stack(self._images), classes, unseen,
+                                                      self.bootstrap, self.bootstrap_seed)
+            self._images = []
         logger: MMLogger = MMLogger.get_current_instance()
         print_log("zero-shot per-class results:\n" + format_table(metrics), logger=logger)
         if self.output_dir is not None:
@@ -175,7 +269,56 @@ class ZeroShotIoUMetric(BaseMetric):
             path = osp.join(self.output_dir, JSON_NAME)
             atomic_write_json(path, nan_to_none(metrics))
             print_log(f"zero-shot metrics written to {path}", logger=logger)
-        return {k: float(metrics[k]) for k in METRIC_KEYS}
+        out = {k: float(metrics[k]) for k in METRIC_KEYS}
+        out.update(flat_extra)
+        return out
+
+    def _sweep_summary(self, sweep: np.ndarray, classes: list[str], unseen: list[str]) -> tuple[dict, dict]:
+        from alignzeg.evaluation.calibration import ausuc, curve_from_confusions
+
+        seen = np.array([c not in set(unseen) for c in classes], dtype=bool)
+        curve = curve_from_confusions(sweep, seen)
+        gammas = [float(g) for g in self._gammas]
+        area = ausuc(curve["S"], curve["U"])
+        summary = {"gammas": [g if np.isfinite(g) else ("inf" if g > 0 else "-inf") for g in gammas],
+                   "S": curve["S"].tolist(), "U": curve["U"].tolist(), "hIoU": curve["hIoU"].tolist(),
+                   "ausuc": area}
+        flat = {"AUSUC": area}
+        cal = self.gamma_sweep.get("calibrated")
+        if cal is not None:
+            i = gammas.index(float(cal))
+            summary["calibrated"] = {"gamma": float(cal), "S": float(curve["S"][i]), "U": float(curve["U"][i]),
+                                     "hIoU": float(curve["hIoU"][i])}
+            flat.update(mIoU_seen_cal=float(curve["S"][i]), mIoU_unseen_cal=float(curve["U"][i]),
+                        hIoU_cal=float(curve["hIoU"][i]), gamma_cal=float(cal))
+        return summary, flat
 
 
-__all__ = ["ZeroShotIoUMetric", "JSON_NAME"]
+def bootstrap_interval(per_image: np.ndarray, classes: Sequence[str], unseen: Sequence[str], samples: int,
+                       seed: int = 0, chunk: int = 200) -> dict:
+    """Percentile interval (2.5 / 97.5 %) of seen / unseen mIoU and hIoU over ``samples`` resamples
+    (with replacement) of the images whose confusion matrices are ``per_image`` (N×C×C)."""
+    from alignzeg.evaluation.calibration import curve_from_confusions
+
+    n, c, _ = per_image.shape
+    seen = np.array([x not in set(unseen) for x in classes], dtype=bool)
+    flat = per_image.reshape(n, c * c).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    curves = {"S": [], "U": [], "hIoU": []}
+    for start in range(0, samples, chunk):
+        b = min(chunk, samples - start)
+        draws = rng.integers(0, n, size=(b, n))
+        weights = np.stack([np.bincount(row, minlength=n) for row in draws]).astype(np.float64)  # b×N
+        mats = (weights @ flat).reshape(b, c, c)
+        cur = curve_from_confusions(mats, seen)
+        for k in curves:
+            curves[k].append(cur[k])
+    out = {"samples": int(samples), "seed": int(seed), "images": int(n), "level": 95}
+    for k, name in (("S", "mIoU_seen"), ("U", "mIoU_unseen"), ("hIoU", "hIoU")):
+        v = np.concatenate(curves[k])
+        v = v[np.isfinite(v)]
+        out[name] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v.size else [None, None]
+    return out
+
+
+__all__ = ["ZeroShotIoUMetric", "JSON_NAME", "bootstrap_interval"]

@@ -51,6 +51,16 @@ def metric_json(s: float, u: float, seed: int, aacc: float = 80.0, u2s: float | 
             "confusion": {"classes": CLASSES, "matrix": mat.tolist()}}
 
 
+def gamma_sweep_json(s: float, u: float) -> dict:
+    """A hand-made seen-unseen curve through (s, u) at γ = 0; the val-chosen γ is 1 (S - 10, U + 5)."""
+    from alignzeg.evaluation.calibration import ausuc
+
+    S = [s + 10, s + 5, s, s - 10, 0.0]
+    U = [0.0, u - 5, u, u + 5, u + 8]
+    return {"gammas": ["-inf", -1.0, 0.0, 1.0, "inf"], "S": S, "U": U, "hIoU": [hiou(a, b) for a, b in zip(S, U)],
+            "ausuc": ausuc(S, U), "calibrated": {"gamma": 1.0, "S": s - 10, "U": u + 5, "hIoU": hiou(s - 10, u + 5)}}
+
+
 def write_run(folder: Path, metrics: dict, scores: dict | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "zeroshot_metrics.json").write_text(json.dumps(metrics))
@@ -69,7 +79,23 @@ def build_results(root: Path) -> Path:
                 y = rng.random(60) < 0.4
                 scores["indicator_prob"] = np.clip(0.5 * y + rng.normal(0.3, 0.2, 60), 0, 1)
                 scores["indicator_is_unseen"] = y
-            write_run(root / m / f"seed{seed}", metric_json(s, u, seed), scores)
+            write_run(root / m / f"seed{seed}", dict(metric_json(s, u, seed), gamma_sweep=gamma_sweep_json(s, u)),
+                      scores)
+            if seed == 0:  # saved predictions of two fixed test images (the qualitative figure)
+                from PIL import Image
+
+                q = root / m / "seed0" / "qualitative"
+                q.mkdir()
+                for k, stem in enumerate(("img_a", "img_b")):
+                    lab = (np.arange(64).reshape(8, 8) // 11 + k) % len(CLASSES)
+                    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(q / f"{stem}_image.png")
+                    Image.fromarray(lab.astype(np.uint8)).save(q / f"{stem}_gt.png")
+                    Image.fromarray(((lab + (m == "zegclip")) % len(CLASSES)).astype(np.uint8)).save(
+                        q / f"{stem}_pred.png")
+            if m == "alignzeg":  # a training curve, as the pipeline writes it
+                (root / m / f"seed{seed}" / "train_curve.csv").write_text(
+                    "step,lr,loss,decode.loss_cls\n" + "".join(
+                        f"{k},{0.1 / k},{10.0 / k + seed},{5.0 / k}\n" for k in (1, 2, 4)))
     for v, (sw, seeds) in ABLATION.items():
         vdir = root / "ablation" / v
         vdir.mkdir(parents=True)
@@ -94,7 +120,8 @@ def analysed(tmp_path_factory) -> Path:
 
     base = tmp_path_factory.mktemp("analysed")
     root = build_results(base / "results")
-    analyse(root, base / "analysis", Settings(names=dict(NAMES), ours="alignzeg", dataset="voc12aug"))
+    analyse(root, base / "analysis", Settings(names=dict(NAMES), ours="alignzeg", dataset="voc12aug",
+                                              calibrated=["zegclip"]))
     return base / "analysis"
 
 

@@ -74,7 +74,8 @@ def _check_svg(path):
 def test_every_figure_written_as_png_and_svg(analysed):
     figures = json.loads((analysed / "figures.json").read_text())
     expected = {"per_class_iou/alignzeg", "per_class_iou/zegclip", "unseen_to_seen/alignzeg",
-                "unseen_to_seen/zegclip", "score_distributions", "indicator_roc", "seen_unseen_scatter"}
+                "unseen_to_seen/zegclip", "score_distributions", "indicator_roc", "seen_unseen_scatter",
+                "su_curves", "ablation_forest", "train_curves/alignzeg", "qualitative"}
     assert set(figures) == expected
     for fid, fig in figures.items():
         assert "skipped" not in fig, fid
@@ -149,3 +150,33 @@ def test_real_metric_json_with_undefined_values_plots(tmp_path):
 
     text = build_report(tmp_path / "out", tmp_path / "report.md")
     assert "Only one method has a defined hIoU: a" in text and "hIoU is undefined for b" in text
+
+
+def test_ablation_forest_stats_are_the_paired_differences(analysed):
+    """Δ hIoU and Δ U of '+ PBC' against the parent, recomputed from the fixture's per-seed numbers."""
+    from tests.test_analysis.conftest import ABLATION, hiou
+
+    stats = json.loads((analysed / "figures.json").read_text())["ablation_forest"]["stats"]
+    assert "parent" not in stats and len(stats) == len(ABLATION) - 1
+    p, a = ABLATION["parent"][1], ABLATION["add_pbc"][1]
+    dh = np.array([hiou(*a[k]) - hiou(*p[k]) for k in (0, 1)])
+    du = np.array([a[k][1] - p[k][1] for k in (0, 1)])
+    t1 = 12.706204736174707  # two seeds: 1 degree of freedom
+    assert stats["add_pbc"]["hIoU"]["delta"] == pytest.approx(dh.mean())
+    assert stats["add_pbc"]["hIoU"]["ci95"] == pytest.approx(t1 * dh.std(ddof=1) / np.sqrt(2))
+    assert stats["add_pbc"]["U"]["delta"] == pytest.approx(du.mean())
+    assert stats["add_pbc"]["U"]["ci95"] == pytest.approx(t1 * du.std(ddof=1) / np.sqrt(2))
+
+
+def test_train_curves_are_the_mean_over_seeds(analysed):
+    stats = json.loads((analysed / "figures.json").read_text())["train_curves/alignzeg"]["stats"]
+    assert stats["n_runs"] == 3 and stats["steps"] == [1, 2, 4]
+    # loss at step 4 per seed: 10/4 + seed, seeds 0..2 -> mean 3.5; the class term 5/4 in every seed
+    assert stats["final"] == {"loss": pytest.approx(3.5), "decode.loss_cls": pytest.approx(1.25)}
+
+
+def test_qualitative_grid_has_every_saved_image_and_method(analysed):
+    q = json.loads((analysed / "figures.json").read_text())["qualitative"]["stats"]
+    assert q == {"images": ["img_a", "img_b"], "methods": ["alignzeg", "zegclip"]}
+    img = mpimg.imread(analysed / "figures" / "qualitative.png")
+    assert img.shape[1] > img.shape[0]  # 4 columns (image, ground truth, two methods), 2 rows

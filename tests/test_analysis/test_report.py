@@ -50,13 +50,23 @@ def test_report_links_every_figure(report_text, analysed):
     text, out = report_text
     figures = json.loads((analysed / "figures.json").read_text())
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(links) == len(figures) == 7
+    assert len(links) == len(figures) == 11
     for link in links:
         assert (out.parent / link).resolve().is_file(), link
     # one paragraph per figure, generated from its stats
     roc = figures["indicator_roc"]["stats"]["alignzeg"]
     assert f"AUC {roc['auc']:.3f}" in text
     assert "Seen minus unseen mIoU (the misalignment gap): AlignZeg 10.33, ZegCLIP 24.00" in text
+    # the S-U curves' paragraph: AUSUC x 100 per method, recomputed from the fixture's curves by trapezoids
+    t3 = 4.302652729911275
+    for name, method in (("AlignZeg", "alignzeg"), ("ZegCLIP", "zegclip")):
+        areas = []
+        for s, u in MAIN[method].values():
+            pts = sorted(zip([0.0, s - 10, s, s + 5, s + 10], [u + 8, u + 5, u, u - 5, 0.0]))
+            xs, ys = np.array(pts).T / 100.0
+            areas.append(100 * float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2)))
+        a = np.array(areas)
+        assert f"{name} {a.mean():.2f} ± {t3 * a.std(ddof=1) / np.sqrt(3):.2f}" in text
 
 
 def test_published_numbers_beside_reproduced_on_the_same_dataset(report_text):
@@ -66,10 +76,16 @@ def test_published_numbers_beside_reproduced_on_the_same_dataset(report_text):
     assert len(rows) == 4
     voc_ind = next(r for r in rows if "PASCAL VOC 2012 | inductive" in r)
     assert "| 91.9 | 77.8 | 84.3 |" in voc_ind
-    assert f"{z.mean():.2f} ± {np.std(z, ddof=1):.2f}" in voc_ind and f"{z.mean() - 84.3:+.2f}" in voc_ind
+    t3 = 4.302652729911275  # the reproduced cell: mean ± 95 % interval over the 3 seeds
+    assert f"{z.mean():.2f} ± {t3 * np.std(z, ddof=1) / np.sqrt(3):.2f}" in voc_ind
+    assert f"{z.mean() - 84.3:+.2f}" in voc_ind
     assert all("no run on this dataset" in r for r in rows if "COCO-Stuff" in r)
     assert "no transductive run on this dataset" in next(r for r in rows if "VOC 2012 | transductive" in r)
-    assert "+3.8 hIoU on average" in text and "+7.1 unseen mIoU" in text
+    assert "+3.8 hIoU on average" in text and "+3.5 hIoU on average" in text and "+7.1 unseen mIoU" in text
+    # ZegCLIP COCO-Stuff inductive: 2*40.2*41.1/81.3 = 3304.44/81.3 = 40.645, printed 40.8 -> flagged
+    coco_ind = next(r for r in rows if "COCO-Stuff 164k | inductive" in r)
+    assert "| 40.8 ⚑ |" in coco_ind and sum("⚑" in r for r in rows) == 1
+    assert "⚑ ZegCLIP COCO-Stuff 164k inductive: 2·40.2·41.1/(40.2+41.1) = 40.65, printed 40.8." in text
     assert f"is {_h('alignzeg').mean() - z.mean():+.2f} hIoU" in text
 
 
@@ -87,7 +103,17 @@ def test_cli_report(analysed, tmp_path):
     assert main(["report", "--analysis", str(analysed), "--out", str(out), "--dataset", "coco-stuff"]) == 0
     text = out.read_text()
     coco = next(r for r in text.splitlines() if "COCO-Stuff 164k | inductive" in r)
-    assert "no run of ZegCLIP" not in coco and "45.00 ± 1.00" in coco  # the alias matched COCO-Stuff
+    # the alias matched COCO-Stuff: ZegCLIP's seen mIoU 45 ± 1 (std) over 3 seeds, ± 2.48 as 95 % interval
+    assert "no run of ZegCLIP" not in coco and "45.00 ± 2.48" in coco
+    html = out.with_suffix(".html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<table>" in html and "COCO-Stuff 164k" in html
+    # every figure is embedded (opens offline): no <img> points at a file
+    imgs = re.findall(r'<img src="([^"]+)"', html)
+    assert imgs and all(src.startswith("data:image/png;base64,") for src in imgs)
+    import base64
+
+    first = base64.b64decode(imgs[0].split(",", 1)[1])
+    assert first[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_paper_table_records_only_readable_numbers():
@@ -97,7 +123,10 @@ def test_paper_table_records_only_readable_numbers():
                    ("voc12", "transductive"): (92.3, 89.9, 91.1),
                    ("coco-stuff164k", "transductive"): (40.7, 59.9, 48.5)}
     assert all(r["method"] == "zegclip" for r in paper["results"])  # no invented AlignZeg table numbers
-    assert {(c["metric"], c["delta"]) for c in paper["claims"]} == {("hIoU", 3.8), ("mIoU_unseen", 7.1)}
+    # both versions of the abstract: arXiv v1 +3.8 hIoU; ECCV camera-ready +3.5 hIoU and +7.1 unseen
+    assert {(c["metric"], c["delta"], c["source"]) for c in paper["claims"]} == {
+        ("hIoU", 3.8, "alignzeg-arxiv-v1"), ("hIoU", 3.5, "alignzeg-abstract"), ("mIoU_unseen", 7.1, "alignzeg-abstract")}
+    assert R.published_hiou_consistent(91.9, 77.8, 84.3) and not R.published_hiou_consistent(40.2, 41.1, 40.8)
     assert all(paper["sources"][r["source"]]["url"].startswith("https://") for r in paper["results"])
     assert R.match_dataset("VOC12AUG", paper["datasets"]) == "voc12"
     assert R.match_dataset("coco-stuff-156s15u", paper["datasets"]) == "coco-stuff164k"
@@ -137,3 +166,20 @@ def test_report_compares_ours_with_the_strongest_other_method(tmp_path):
     # the hIoU claim is not answered with a seen-mIoU difference; the unseen claim still is
     assert "Not measured here: the analysis ranks methods by mIoU_seen (analyse.metric), not hIoU." in text
     assert f"best other method (SAN-style parent) is {u['alignzeg'] - u['san-parent']:+.2f} unseen mIoU" in text
+
+
+def test_report_lists_the_unseen_classes_iou_per_method(report_text):
+    """The per-class unseen IoU table, each cell the mean over seeds of the fixture's per-class IoU."""
+    from tests.test_analysis.conftest import CLASSES, UNSEEN, metric_json
+
+    text, _ = report_text
+    assert "## Per-class unseen IoU" in text
+    section = text.split("## Per-class unseen IoU", 1)[1].split("\n## ", 1)[0]
+    for c in UNSEEN:
+        i = CLASSES.index(c)
+        cells = []
+        for m in ("alignzeg", "zegclip"):
+            vals = [metric_json(s, u, seed)["per_class"][i]["IoU"] for seed, (s, u) in MAIN[m].items()]
+            cells.append(f"{np.mean(vals):.2f}")
+        assert f"| {c} | {cells[0]} | {cells[1]} |" in section, c
+    assert not [c for c in CLASSES if c not in UNSEEN and f"| {c} |" in section]

@@ -276,7 +276,9 @@ def test_cli_analyse_writes_every_table(results_root, tmp_path):
         assert (out / name).is_file(), name
     long = pd.read_csv(out / "runs_long.csv")
     assert set(long.columns) == {"group", "method", "seed", "metric", "value"}
-    assert len(long) == (4 + 20) * 8  # S, U, hIoU, aAcc, unseen->seen, mIoU, the seen-unseen gap, collapsed
+    # S, U, hIoU, aAcc, unseen->seen, mIoU, the seen-unseen gap, collapsed; the main runs also carry a
+    # gamma sweep: AUSUC and S, U, hIoU, γ at the val-chosen offset
+    assert len(long) == (4 + 20) * 8 + 4 * 5
     summary = json.loads((out / "summary.json").read_text())
     assert summary["winner"]["winner"] == "alignzeg"
     assert summary["settings"]["dataset"] == "synthetic"
@@ -308,3 +310,62 @@ def test_components_disagreeing_between_seeds_is_an_error(results_root):
     (seeds[1] / "components.json").write_text(json.dumps({"mrpe": False, "fes": True, "bds": True, "pbc": True}))
     with pytest.raises(ValueError, match="differ from"):
         T.discover_runs(results_root)
+
+
+def test_main_table_carries_ausuc_calibrated_hiou_and_a_calibrated_row(analysed):
+    """AUSUC x 100 and hIoU at the val-chosen γ per method; 'ZegCLIP + γ from val' below ZegCLIP with that
+    method's S, U, hIoU at the chosen γ (the fixture's curves: S - 10, U + 5 at γ = 1)."""
+    from tests.test_analysis.conftest import MAIN, hiou
+
+    table = pd.read_csv(analysed / "main_table.csv")
+    assert list(table["method"]) == ["alignzeg", "zegclip", "zegclip+cal"]
+    assert list(table["kind"]) == ["method", "method", "calibrated"]
+    cal = table.set_index("method").loc["zegclip+cal"]
+    su = np.array(list(MAIN["zegclip"].values()), dtype=float)
+    assert cal["S_mean"] == pytest.approx((su[:, 0] - 10).mean())
+    assert cal["U_mean"] == pytest.approx((su[:, 1] + 5).mean())
+    assert cal["hIoU_mean"] == pytest.approx(np.mean([hiou(s - 10, u + 5) for s, u in su]))
+    assert cal["gamma_mean"] == 1.0 and np.isnan(cal["aAcc_mean"])
+    zeg = table.set_index("method").loc["zegclip"]
+    assert zeg["hIoU cal._mean"] == pytest.approx(cal["hIoU_mean"])
+    md = (analysed / "main_table.md").read_text()
+    assert "| ZegCLIP + γ from val |" in md and "AUSUC (%)" in md and "hIoU cal. (%)" in md
+    # bold marks the best method, never a calibrated row
+    bold = [line for line in md.splitlines() if "**" in line]
+    assert len(bold) == 1 and "+ γ from val" not in bold[0]
+
+
+def test_paired_differences_of_ours_against_every_method_and_the_calibrated_row(analysed):
+    from tests.test_analysis.conftest import MAIN, hiou
+
+    t3 = 4.302652729911275
+    paired = pd.read_csv(analysed / "paired_differences.csv")
+    a = np.array([hiou(s, u) for s, u in MAIN["alignzeg"].values()])
+    z = np.array([hiou(s, u) for s, u in MAIN["zegclip"].values()])
+    zc = np.array([hiou(s - 10, u + 5) for s, u in MAIN["zegclip"].values()])
+    for other, ref in (("zegclip", a - z), ("zegclip+cal", a - zc)):
+        row = paired[(paired["other"] == other) & (paired["metric"] == "hIoU")].iloc[0]
+        assert row["diff_mean"] == pytest.approx(ref.mean())
+        assert row["diff_ci95"] == pytest.approx(t3 * ref.std(ddof=1) / np.sqrt(3))
+        assert bool(row["significant"]) == (abs(ref.mean()) > t3 * ref.std(ddof=1) / np.sqrt(3))
+    u = paired[(paired["other"] == "zegclip") & (paired["metric"] == "mIoU_unseen")].iloc[0]
+    du = np.array([MAIN["alignzeg"][k][1] - MAIN["zegclip"][k][1] for k in range(3)])
+    assert u["diff_mean"] == pytest.approx(du.mean())
+    md = (analysed / "main_table.md").read_text()
+    assert "| AlignZeg minus | Δ hIoU | Δ U | seeds |" in md
+    assert f"| ZegCLIP + γ from val | {(a - zc).mean():+.2f} ± {t3 * (a - zc).std(ddof=1) / np.sqrt(3):.2f}" in md
+
+
+def test_single_run_rows_show_their_bootstrap_interval(tmp_path):
+    from analysis.tables import Settings, analyse
+    from tests.test_analysis.conftest import metric_json, write_run
+
+    root = tmp_path / "results"
+    boot = {"samples": 1000, "hIoU": [12.5, 17.25], "mIoU_seen": [27.0, 33.0], "mIoU_unseen": [8.0, 12.5]}
+    write_run(root / "maskclip" / "seed0", dict(metric_json(30.0, 10.0, 0), bootstrap=boot))
+    analyse(root, tmp_path / "a", Settings(names={"maskclip": "MaskCLIP"}, plots=False))
+    md = (tmp_path / "a" / "main_table.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| MaskCLIP"))
+    # hIoU of (30, 10) = 15; the seed interval is undefined with one run, the bootstrap one is shown
+    assert "| 30.00 [27.00, 33.00] | 10.00 [8.00, 12.50] | **15.00 [12.50, 17.25]** |" in row
+    assert "per-image bootstrap interval" in md

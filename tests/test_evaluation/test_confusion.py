@@ -63,7 +63,8 @@ def test_metrics_match_hand_computed_values():
     assert r["unseen_to_seen"] == pytest.approx(100 * 3 / 7)
     assert r["confusion"] == {"classes": CLASSES, "matrix": EXPECTED.tolist()}
     assert set(r) == {"mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_seen", "collapsed",
-                      "per_class", "confusion", "collapse", "mIoU_unseen_stuff", "mIoU_unseen_objects"}
+                      "per_class", "confusion", "collapse", "mIoU_unseen_stuff", "mIoU_unseen_objects",
+                      "unseen_to_seen_balanced", "seen_to_unseen", "seen_to_unseen_balanced"}
     # no stuff classes named: the breakdown is undefined
     assert math.isnan(r["mIoU_unseen_stuff"]) and math.isnan(r["mIoU_unseen_objects"])
     # c is stuff, d an object: each half of the unseen mIoU by hand
@@ -136,3 +137,17 @@ def test_importing_evaluation_does_not_import_mmseg():
     code = ("import sys, alignzeg.evaluation as e; e.metrics_from_confusion; "
             "assert 'mmseg' not in sys.modules and 'mmcv' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_balanced_and_reverse_bias_rates_by_hand():
+    m = metrics_from_confusion(EXPECTED, CLASSES, UNSEEN)
+    # unseen c: 1 of 4 pixels to a seen class, d: 2 of 3; pooled 3/7
+    assert m["unseen_to_seen"] == pytest.approx(100 * 3 / 7)
+    assert m["unseen_to_seen_balanced"] == pytest.approx(100 * (1 / 4 + 2 / 3) / 2)
+    assert m["seen_to_unseen"] == 0.0 and m["seen_to_unseen_balanced"] == 0.0
+    # seen a: 2 of 4 pixels to the unseen c, seen b: 1 of 8; pooled 3/12, balanced (1/2 + 1/8)/2
+    other = np.array([[2, 0, 2], [0, 7, 1], [1, 0, 5]])
+    r = metrics_from_confusion(other, ["a", "b", "c"], ["c"])
+    assert r["seen_to_unseen"] == pytest.approx(25.0)
+    assert r["seen_to_unseen_balanced"] == pytest.approx(100 * (0.5 + 0.125) / 2)
+    assert r["unseen_to_seen"] == pytest.approx(100 / 6) == pytest.approx(r["unseen_to_seen_balanced"])

@@ -155,3 +155,90 @@ def test_per_rank_matrices_sum_like_collect_results():
     res = ranks[0].compute_metrics(gathered)
     assert res["hIoU"] == pytest.approx(2 * 50 * 37.5 / 87.5)
     assert res["unseen_to_seen"] == pytest.approx(300 / 7)
+
+
+def _scored(scores, gt, path="img.png"):
+    s = _sample(scores.argmax(0, keepdim=True), gt, path)
+    s.seg_logits = PixelData(data=scores)
+    return s
+
+
+def test_gamma_sweep_in_the_same_pass_equals_re_evaluating_at_each_gamma(tmp_path):
+    """The S(γ), U(γ) curve of one evaluation equals a separate evaluation of argmax(scores - γ·seen)."""
+    gen = torch.Generator().manual_seed(0)
+    scores = [torch.randn(4, 5, 6, generator=gen) for _ in range(5)]
+    gts = [torch.randint(0, 4, (5, 6), generator=gen) for _ in range(5)]
+    seen = torch.tensor([c not in ("c", "d") for c in CLASSES])
+    metric = ZeroShotIoUMetric(output_dir=str(tmp_path), gamma_sweep=dict(num=6, extra=[0.3], calibrated=0.3))
+    res = _evaluate(metric, [_scored(s, g) for s, g in zip(scores, gts)])
+    data = json.loads((tmp_path / "zeroshot_metrics.json").read_text())
+    sweep = data["gamma_sweep"]
+    gammas = [float(g) for g in sweep["gammas"]]
+    assert gammas[0] == -math.inf and gammas[-1] == math.inf and 0.0 in gammas and 0.3 in gammas
+    for i, g in enumerate(gammas):
+        shift = 1e6 if g == math.inf else (-1e6 if g == -math.inf else g)
+        again = _evaluate(ZeroShotIoUMetric(), [
+            _sample((s.double() - shift * seen.double()[:, None, None]).argmax(0, keepdim=True), t)
+            for s, t in zip(scores, gts)])
+        for key, name in (("S", "mIoU_seen"), ("U", "mIoU_unseen"), ("hIoU", "hIoU")):
+            assert sweep[key][i] == pytest.approx(again[name], abs=1e-9), (g, key)
+    # γ = 0 is the plain evaluation; the calibrated γ is reported flat and in the JSON
+    i0 = gammas.index(0.0)
+    assert sweep["hIoU"][i0] == pytest.approx(res["hIoU"], abs=1e-9)
+    i3 = gammas.index(0.3)
+    assert res["hIoU_cal"] == pytest.approx(sweep["hIoU"][i3]) and res["gamma_cal"] == 0.3
+    assert sweep["calibrated"] == {"gamma": 0.3, "S": sweep["S"][i3], "U": sweep["U"][i3], "hIoU": sweep["hIoU"][i3]}
+    from alignzeg.evaluation.calibration import ausuc
+
+    assert res["AUSUC"] == pytest.approx(ausuc(sweep["S"], sweep["U"])) and 0 < res["AUSUC"] <= 1
+    assert len(metric.results) == 0
+
+
+def test_gamma_sweep_refuses_unknown_keys_and_missing_scores():
+    with pytest.raises(ValueError, match="gamma_sweep: unknown keys"):
+        ZeroShotIoUMetric(gamma_sweep=dict(steps=3))
+    with pytest.raises(KeyError, match="needs 'seg_logits'"):
+        _evaluate(ZeroShotIoUMetric(gamma_sweep=dict(num=3)), _split_into_images())
+
+
+def test_bootstrap_interval_resamples_images():
+    """A hand-made case: resampling one image twice is a known matrix; the interval brackets the full
+    estimate and, for identical images, collapses to it."""
+    from alignzeg.evaluation.metric import bootstrap_interval
+
+    same = np.stack([np.array([[3, 1, 0, 0], [1, 4, 0, 0], [1, 0, 2, 1], [0, 2, 0, 1]])] * 5)
+    out = bootstrap_interval(same, CLASSES, UNSEEN, samples=50, seed=1)
+    full = 2 * 50 * 37.5 / 87.5  # the hand-computed hIoU of that matrix (test_evaluator_returns_hand...)
+    assert out["hIoU"] == [pytest.approx(full), pytest.approx(full)] and out["images"] == 5
+    gen = np.random.default_rng(0)
+    varied = gen.integers(0, 20, size=(40, 4, 4)) + np.eye(4, dtype=np.int64) * 30
+    out = bootstrap_interval(varied, CLASSES, UNSEEN, samples=400, seed=0)
+    from alignzeg.evaluation.confusion import metrics_from_confusion
+
+    ref = metrics_from_confusion(varied.sum(0), CLASSES, UNSEEN)
+    lo, hi = out["hIoU"]
+    assert lo < ref["hIoU"] < hi and hi - lo < 20
+    # brute force: the same seeded draws, one resample at a time
+    rng = np.random.default_rng(0)
+    draws = rng.integers(0, 40, size=(200, 40))
+    vals = [metrics_from_confusion(varied[d].sum(0), CLASSES, UNSEEN)["hIoU"] for d in draws]
+    vals += [metrics_from_confusion(varied[d].sum(0), CLASSES, UNSEEN)["hIoU"]
+             for d in rng.integers(0, 40, size=(200, 40))]
+    assert [lo, hi] == pytest.approx([np.percentile(vals, 2.5), np.percentile(vals, 97.5)])
+
+
+def test_bootstrap_through_the_evaluator(tmp_path):
+    metric = ZeroShotIoUMetric(output_dir=str(tmp_path), bootstrap=30)
+    res = _evaluate(metric, _split_into_images(3))
+    data = json.loads((tmp_path / "zeroshot_metrics.json").read_text())
+    assert data["bootstrap"]["samples"] == 30 and data["bootstrap"]["images"] == 3
+    # the same interval from the per-image matrices counted independently
+    from alignzeg.evaluation.confusion import confusion_matrix
+    from alignzeg.evaluation.metric import bootstrap_interval
+
+    mats = np.stack([confusion_matrix(sm.pred_sem_seg.data, sm.gt_sem_seg.data, 4) for sm in _split_into_images(3)])
+    assert mats.sum(0).tolist() == data["confusion"]["matrix"]
+    ref = bootstrap_interval(mats, CLASSES, UNSEEN, 30, seed=0)
+    assert data["bootstrap"]["hIoU"] == pytest.approx(ref["hIoU"])
+    assert data["bootstrap"]["mIoU_seen"] == pytest.approx(ref["mIoU_seen"])
+    assert res["hIoU"] == pytest.approx(data["hIoU"])
