@@ -150,7 +150,13 @@ def test_analysis_tables_equal_numbers_recomputed_from_metric_json(pipeline_repo
     results = root / "results"
     table = pd.read_csv(root / "reports" / "analysis" / "main_table.csv").set_index("method")
     methods = ["alignzeg", "san-parent", "zegclip", "two-stage", "maskclip"]
-    assert sorted(table.index) == sorted(methods)
+    assert sorted(table[table["kind"] == "method"].index) == sorted(methods)
+    # the parent at its val-chosen seen-score offset (analyse.calibrated), from each run's gamma sweep
+    cal = [json.loads(p.read_text())["gamma_sweep"]["calibrated"]
+           for p in sorted((results / "san-parent").glob("seed*/zeroshot_metrics.json"))]
+    assert len(cal) == 2 and table.loc["san-parent+cal", "kind"] == "calibrated"
+    for col in ("S", "U", "hIoU"):
+        assert table.loc["san-parent+cal", f"{col}_mean"] == pytest.approx(np.mean([c[col] for c in cal]), abs=1e-9)
     for method in methods:
         for key, col in (("mIoU_seen", "S"), ("mIoU_unseen", "U"), ("hIoU", "hIoU")):
             vals = np.array(_recomputed(results, method, key), dtype=float)
