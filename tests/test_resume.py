@@ -76,7 +76,7 @@ def study(tmp_path_factory):
                            configs={"alignzeg": str(REPO / CONFIG)})
     params["evaluate"].update(methods=["alignzeg"], training_free=[], score_softmax=[], score_samples=500)
     params["ablate"].update(variants=[], from_main={})
-    params["analyse"].update(ours="alignzeg", methods={"alignzeg": "AlignZeg"})
+    params["analyse"].update(ours="alignzeg", methods={"alignzeg": "AlignZeg"}, calibrated=[])
     from experiments.params import validate
 
     validate(params, "test params", root=REPO)
