@@ -17,6 +17,9 @@ pixels), and proposals on no labelled pixel are skipped. These go into the same 
 """
 from __future__ import annotations
 
+import io
+import os.path as osp
+
 import numpy as np
 import torch
 from mmengine.hooks import Hook
@@ -95,8 +98,6 @@ class UnseenScoreSamplerHook(Hook):
         self._ind_unseen.append(probs_unseen)
 
     def after_test(self, runner) -> None:
-        import io
-
         seen = np.concatenate(self._seen) if self._seen else np.zeros(0, np.float32)
         unseen = np.concatenate(self._unseen) if self._unseen else np.zeros(0, np.float32)
         if seen.size > self.max_samples:
@@ -156,8 +157,6 @@ class PredictionSaverHook(Hook):
         self.names = set(names)
 
     def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        import os.path as osp
-
         from PIL import Image
 
         for sample in outputs or []:
@@ -165,14 +164,11 @@ class PredictionSaverHook(Hook):
             stem = osp.splitext(osp.basename(path))[0]
             if stem not in self.names:
                 continue
-            import os
-
-            os.makedirs(self.out_dir, exist_ok=True)
             pred = sample.pred_sem_seg.data.squeeze(0).cpu().numpy().astype(np.uint8)
             gt = sample.gt_sem_seg.data.squeeze(0).cpu().numpy().astype(np.uint8)
             img = np.asarray(Image.open(path).convert("RGB"))
             for suffix, arr in (("image", img), ("gt", gt), ("pred", pred)):
-                buf = __import__("io").BytesIO()
+                buf = io.BytesIO()  # atomic_write_bytes creates out_dir
                 Image.fromarray(arr).save(buf, format="PNG")
                 atomic_write_bytes(osp.join(self.out_dir, f"{stem}_{suffix}.png"), buf.getvalue())
 
