@@ -409,9 +409,10 @@ def plot_train_curves(curve_files: list[Path], method: str, display: str, out_di
 
 def plot_qualitative(folders: dict[str, Path], names: dict[str, str], classes: list[str], unseen: list[str],
                      out_dir: Path) -> dict[str, Any]:
-    """Fixed test images (chosen by the pipeline's rule: most unseen-class pixels) in rows; columns: the
-    image, its ground truth and each method's prediction (its lowest seed), label maps drawn with mmseg's
-    ``SegLocalVisualizer`` over the image, the ground truth's unseen regions outlined in white."""
+    """Fixed test images (chosen by the pipeline's rule, where seen and unseen classes meet most) in rows;
+    columns: the image, its ground truth and each method's prediction (its lowest seed), label maps drawn
+    with mmseg's ``SegLocalVisualizer`` over the image, the ground truth's unseen regions outlined (white
+    over black, visible on any colour); each row is labelled with its ground-truth classes (unseen *)."""
     import seaborn as sns
 
     folders = {m: f for m, f in folders.items() if f.is_dir() and list(f.glob("*_pred.png"))}
@@ -446,12 +447,18 @@ def plot_qualitative(folders: dict[str, Path], names: dict[str, str], classes: l
             ax = axes[i][j]
             ax.imshow(panel, interpolation="nearest")
             if j > 0 and outline.any():
-                ax.contour(outline, levels=[0.5], colors="white", linewidths=1.0)
+                ax.contour(outline, levels=[0.5], colors="black", linewidths=2.0)
+                ax.contour(outline, levels=[0.5], colors="white", linewidths=0.9)
             ax.set_xticks([])
             ax.set_yticks([])
+            if j == 0:
+                present = [int(c) for c in np.unique(gt) if c != 255 and int(c) < len(classes)]
+                ax.set_ylabel("\n".join(classes[c] + (" *" if c in unseen_ids else "") for c in present),
+                              fontsize=6, rotation=0, ha="right", va="center")
             if i == 0:
                 ax.set_title(cols[j], fontsize=7)
-    fig.suptitle("Qualitative results; white outline: unseen classes in the ground truth", fontsize=8)
+    fig.suptitle("Qualitative results; outline: unseen classes in the ground truth (* in the row labels)",
+                 fontsize=8)
     files = save_figure(fig, out_dir, "qualitative")
     return {"files": files, "stats": {"images": stems, "methods": list(folders)}}
 

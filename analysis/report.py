@@ -258,8 +258,10 @@ def figure_paragraph(fid: str, fig: dict[str, Any], summary: dict[str, Any], d: 
                 text += f" {_disp(summary, order[0][0])} has the smallest gap."
         return text
     if kind == "qualitative":
-        return (f"Test images {', '.join(st.get('images') or [])}: the ones with the most unseen-class pixels "
-                "(a fixed rule, the same for every method); each method's prediction is its lowest seed's.")
+        return (f"Test images {', '.join(st.get('images') or [])}: the ones where seen and unseen classes "
+                "meet most (largest min(seen pixels, unseen pixels): a fixed rule, the same for every method); "
+                "each method's prediction is its lowest seed's. Row labels list the ground-truth classes, "
+                "unseen ones marked *.")
     if kind == "train_curves":
         final = st.get("final") or {}
         return (f"Mean over {st.get('n_runs', '?')} run(s) of every logged loss term at each logged iteration "
@@ -309,12 +311,12 @@ def published_section(paper: dict[str, Any], summary: dict[str, Any], main: pd.D
     else:
         where = (f"The analysed runs are on dataset `{dataset}` = {datasets[ours_key].get('name', ours_key)} "
                  f"({setting}).")
-    lines += [where + " Published values are ViT-B/16 mIoU (%) from the cited source; reproduced values are "
+    lines += [where + " Published values are mIoU (%) from the cited source, with the backbone it lists; reproduced values are "
               "mean ± 95 % interval over this suite's seeds. ⚑ marks a published hIoU that is not "
               "2SU/(S+U) of its own S and U (to the printed precision).", ""]
     lines += ["| Method | Backbone | Dataset | Setting | S | U | hIoU | Source | Reproduced S / U / hIoU | Δ hIoU |",
               "|---|---|---|---|---:|---:|---:|---|---|---:|"]
-    flagged = []
+    flagged, notes = [], []
     for r in paper.get("results") or []:
         ds = datasets[r["dataset"]].get("name", r["dataset"])
         src = sources[r["source"]]
@@ -325,6 +327,8 @@ def published_section(paper: dict[str, Any], summary: dict[str, Any], main: pd.D
             flagged.append(f"{r.get('display', r['method'])} {ds} {r['setting']}: 2·{r['S']}·{r['U']}/"
                            f"({r['S']}+{r['U']}) = {2 * r['S'] * r['U'] / (r['S'] + r['U']):.2f}, "
                            f"printed {r['hIoU']}")
+        if r.get("note"):
+            notes.append(f"{r.get('display', r['method'])} {ds} {r['setting']}: {r['note']}")
         cells = [r.get("display", r["method"]), r.get("backbone", ""), ds, r["setting"],
                  f"{r['S']:.1f}", f"{r['U']:.1f}", h_cell, src_md]
         if ours_key != r["dataset"] or r["setting"] != setting:
@@ -340,6 +344,8 @@ def published_section(paper: dict[str, Any], summary: dict[str, Any], main: pd.D
     lines.append("")
     if flagged:
         lines += ["⚑ " + "; ".join(flagged) + ".", ""]
+    if notes:
+        lines += ["Notes: " + "; ".join(notes) + ".", ""]
     claims = paper.get("claims") or []
     if claims:
         lines += ["Claims recorded as claims (relative numbers, not table entries):", ""]

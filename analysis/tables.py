@@ -449,7 +449,14 @@ def fmt(x: float, decimals: int = 2) -> str:
 
 
 def fmt_pm(mean: float, std: float, decimals: int = 2) -> str:
-    return f"{fmt(mean, decimals)} ± {fmt(std, decimals)}"
+    """``mean ± half-width``; the mean alone when there is no interval (one seed), ``–`` when no mean."""
+    if _missing(mean):
+        return DASH
+    return fmt(mean, decimals) if _missing(std) else f"{fmt(mean, decimals)} ± {fmt(std, decimals)}"
+
+
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
 
 
 def ordered_methods(methods: Iterable[str], order: Iterable[str] | None) -> list[str]:
@@ -541,7 +548,8 @@ def main_table_markdown(table: pd.DataFrame, decimals: int = 2, ours: str | None
     lines.append("")
     boot_note = ("; [a, b] = a single run's 95 % per-image bootstrap interval"
                  if any(c.endswith("_boot_lo") for c in table.columns) else "")
-    lines.append(f"Mean ± half-width of the 95 % Student-t interval over seeds; {DASH} = one seed{boot_note}. "
+    lines.append(f"Mean ± half-width of the 95 % Student-t interval over seeds; a value without ± = one seed; "
+                 f"{DASH} = not defined for that row{boot_note}. "
                  "S/U = mIoU over seen/unseen classes, "
                  "hIoU = 2SU/(S+U) per run, unseen→seen = share of unseen-class pixels predicted as a seen class "
                  "(lower is better)" + ("; U-stuff / U-objects = unseen mIoU over the unseen stuff / object classes"
@@ -720,8 +728,8 @@ def ablation_markdown(table: pd.DataFrame, decimals: int = 2) -> str:
         cells.append(_seeds_cell(r))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Mean ± half-width of the 95 % Student-t interval over seeds; {DASH} in a switch column = off, "
-                 "in a number = one seed. Δ hIoU = difference of mean hIoU to the parent (all off); its ± is the 95 % "
+    lines.append(f"Mean ± half-width of the 95 % Student-t interval over seeds; {DASH} in a switch column = off; "
+                 "a number without ± = one seed. Δ hIoU = difference of mean hIoU to the parent (all off); its ± is the 95 % "
                  "interval of the paired per-seed differences on seeds both variants share; (n.s.) = the interval "
                  "contains zero: no measurable difference.")
     if "n_collapsed" in table and table["n_collapsed"].sum():

@@ -357,7 +357,8 @@ def evaluate_run(params: dict, name: str, seed: int, group: str = "",
 
 
 def _qualitative_names(params: dict, cfg, k: int) -> list[str]:
-    """The test images of the qualitative figure: the ``k`` with the most unseen-class pixels."""
+    """The test images of the qualitative figure: the ``k`` where seen and unseen classes meet most
+    (:func:`alignzeg.engine.score_hook.qualitative_images`)."""
     from alignzeg.engine.score_hook import qualitative_images
     from alignzeg.splits import load_split
 

@@ -146,3 +146,18 @@ def test_pipeline_commands_run(tmp_path):
             from experiments.params import load
 
             assert load(tmp_path / "params.yaml")["base"]["profile"] == "voc12aug-vit-b16"
+
+
+def test_readme_published_table_is_the_paper_table():
+    """The README's table of published numbers lists exactly the rows of analysis/paper_table.yaml."""
+    from analysis.report import load_paper_table
+
+    section = README[README.index("## Comparison with published numbers"):]
+    section = section[:section.index("\n## ", 5)]
+    got = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 8 and re.fullmatch(r"\d+\.\d", cells[4] or ""):
+            got.add((cells[3], float(cells[4]), float(cells[5]), float(cells[6].rstrip(" ⚑"))))
+    want = {(r["setting"], r["S"], r["U"], r["hIoU"]) for r in load_paper_table()["results"]}
+    assert got == want

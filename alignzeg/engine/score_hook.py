@@ -173,9 +173,11 @@ class PredictionSaverHook(Hook):
                 atomic_write_bytes(osp.join(self.out_dir, f"{stem}_{suffix}.png"), buf.getvalue())
 
 
-def qualitative_images(ann_dir, unseen_ids, k: int = 4) -> list[str]:
-    """The ``k`` annotation stems with the most unseen-class pixels (ties: name order): a fixed rule, the
-    same images for every method and seed."""
+def qualitative_images(ann_dir, unseen_ids, k: int = 4, ignore_index: int = 255) -> list[str]:
+    """The ``k`` annotation stems where seen and unseen classes meet most: ranked by
+    ``min(seen pixels, unseen pixels)`` (ignore pixels count as neither), ties by name. A fixed rule, the
+    same images for every method and seed; an image of only unseen (or only seen) pixels ranks last, since
+    a seen-class bias cannot show there and an outline of its unseen region would be the image border."""
     from pathlib import Path
 
     from PIL import Image
@@ -184,5 +186,7 @@ def qualitative_images(ann_dir, unseen_ids, k: int = 4) -> list[str]:
     unseen_ids = np.asarray(sorted(unseen_ids))
     for p in sorted(Path(ann_dir).glob("*.png")):
         lab = np.asarray(Image.open(p))
-        scored.append((-int(np.isin(lab, unseen_ids).sum()), p.stem))
+        unseen = int(np.isin(lab, unseen_ids).sum())
+        seen = int((lab != ignore_index).sum()) - unseen
+        scored.append((-min(seen, unseen), p.stem))
     return [stem for _, stem in sorted(scored)[:k]]

@@ -88,12 +88,10 @@ def _miou(iou: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def curve_from_confusions(mats: np.ndarray, seen_mask: Sequence[bool]) -> dict:
     """S(γ), U(γ) and hIoU(γ) in percent from G×C×C matrices (classes with no ground truth and no
     prediction at a γ are left out of that γ's means, as in :func:`metrics_from_confusion`)."""
-    m = np.asarray(mats, dtype=np.float64)
+    from alignzeg.evaluation.confusion import class_iou
+
     seen = np.asarray(seen_mask, dtype=bool)
-    tp = np.diagonal(m, axis1=1, axis2=2)
-    union = m.sum(2) + m.sum(1) - tp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan) * 100.0
+    iou = class_iou(mats)
     s, u = _miou(iou, seen), _miou(iou, ~seen)
     with np.errstate(divide="ignore", invalid="ignore"):
         h = np.where(s + u > 0, 2 * s * u / np.where(s + u > 0, s + u, 1), 0.0)

@@ -96,6 +96,16 @@ def _check_range(values, num_classes: int, what: str, ignore_index: int) -> None
                 f"do not match")
 
 
+def class_iou(matrix: np.ndarray) -> np.ndarray:
+    """Per-class IoU in percent from a ``C×C`` confusion matrix or a stack ``...×C×C`` (rows = ground
+    truth): ``tp / (gt + pred - tp)``; NaN for a class with neither ground truth nor prediction."""
+    m = np.asarray(matrix, dtype=np.float64)
+    tp = np.diagonal(m, axis1=-2, axis2=-1)
+    union = m.sum(-1) + m.sum(-2) - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, tp / np.maximum(union, 1), np.nan) * 100.0
+
+
 def _nanmean(values: np.ndarray) -> float:
     values = values[~np.isnan(values)]
     return float(values.mean()) if values.size else float("nan")
@@ -139,9 +149,8 @@ def metrics_from_confusion(matrix, classes: Sequence[str], unseen: Sequence[str]
     tp = np.diag(m).astype(np.float64)
     gt_pixels = m.sum(axis=1)
     pred_pixels = m.sum(axis=0)
-    union = gt_pixels + pred_pixels - np.diag(m)
+    iou = class_iou(m)
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan) * 100.0
         acc = np.where(gt_pixels > 0, tp / np.maximum(gt_pixels, 1), np.nan) * 100.0
 
     total = int(m.sum())

@@ -5,6 +5,7 @@ import json
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analysis import report as R
@@ -73,26 +74,32 @@ def test_published_numbers_beside_reproduced_on_the_same_dataset(report_text):
     text, _ = report_text
     z = _h("zegclip")
     rows = [line for line in text.splitlines() if line.startswith("| ZegCLIP | ViT-B/16")]
-    assert len(rows) == 4
+    assert len(rows) == 6
     voc_ind = next(r for r in rows if "PASCAL VOC 2012 | inductive" in r)
     assert "| 91.9 | 77.8 | 84.3 |" in voc_ind
     t3 = 4.302652729911275  # the reproduced cell: mean ± 95 % interval over the 3 seeds
     assert f"{z.mean():.2f} ± {t3 * np.std(z, ddof=1) / np.sqrt(3):.2f}" in voc_ind
     assert f"{z.mean() - 84.3:+.2f}" in voc_ind
-    assert all("no run on this dataset" in r for r in rows if "COCO-Stuff" in r)
+    assert all("no run on this dataset" in r for r in rows if "COCO-Stuff" in r or "Context" in r)
     assert "no transductive run on this dataset" in next(r for r in rows if "VOC 2012 | transductive" in r)
     assert "+3.8 hIoU on average" in text and "+3.5 hIoU on average" in text and "+7.1 unseen mIoU" in text
     # ZegCLIP COCO-Stuff inductive: 2*40.2*41.1/81.3 = 3304.44/81.3 = 40.645, printed 40.8 -> flagged
     coco_ind = next(r for r in rows if "COCO-Stuff 164k | inductive" in r)
     assert "| 40.8 ⚑ |" in coco_ind and sum("⚑" in r for r in rows) == 1
-    assert "⚑ ZegCLIP COCO-Stuff 164k inductive: 2·40.2·41.1/(40.2+41.1) = 40.65, printed 40.8." in text
+    assert "⚑ ZegCLIP COCO-Stuff 164k inductive: 2·40.2·41.1/(40.2+41.1) = 40.65, printed 40.8;" in text
+    # the two-stage baseline's published row (zsseg); the fixture has no two-stage run
+    zs = next(r for r in text.splitlines() if r.startswith("| zsseg | ") and "VOC 2012 | inductive" in r)
+    assert "| 77.5 ⚑ |" in zs and "no run of zsseg on this dataset" in zs
+    # MaskCLIP+ is self-trained; this suite's MaskCLIP is training-free: never put side by side
+    assert all("no transductive run" in r for r in text.splitlines() if r.startswith("| MaskCLIP+ |")
+               and "VOC" in r)
     assert f"is {_h('alignzeg').mean() - z.mean():+.2f} hIoU" in text
 
 
 def test_other_dataset_says_no_run(analysed, tmp_path):
     text = R.build_report(analysed, tmp_path / "r.md", dataset="synthetic")
     rows = [line for line in text.splitlines() if line.startswith("| ZegCLIP | ViT-B/16")]
-    assert len(rows) == 4 and all("no run on this dataset" in r for r in rows)
+    assert len(rows) == 6 and all("no run on this dataset" in r for r in rows)
     assert "has no published entry here" in text
 
 
@@ -118,19 +125,48 @@ def test_cli_report(analysed, tmp_path):
 
 def test_paper_table_records_only_readable_numbers():
     paper = R.load_paper_table()
-    got = {(r["dataset"], r["setting"]): (r["S"], r["U"], r["hIoU"]) for r in paper["results"]}
-    assert got == {("voc12", "inductive"): (91.9, 77.8, 84.3), ("coco-stuff164k", "inductive"): (40.2, 41.1, 40.8),
-                   ("voc12", "transductive"): (92.3, 89.9, 91.1),
-                   ("coco-stuff164k", "transductive"): (40.7, 59.9, 48.5)}
-    assert all(r["method"] == "zegclip" for r in paper["results"])  # no invented AlignZeg table numbers
+    got = {(r["method"], r["dataset"], r["setting"]): (r["S"], r["U"], r["hIoU"]) for r in paper["results"]}
+    assert got == {
+        ("zegclip", "voc12", "inductive"): (91.9, 77.8, 84.3),
+        ("zegclip", "coco-stuff164k", "inductive"): (40.2, 41.1, 40.8),
+        ("zegclip", "context59", "inductive"): (46.0, 54.6, 49.9),
+        ("zegclip", "voc12", "transductive"): (92.3, 89.9, 91.1),
+        ("zegclip", "coco-stuff164k", "transductive"): (40.7, 59.9, 48.5),
+        ("zegclip", "context59", "transductive"): (46.8, 68.5, 55.6),
+        ("two-stage", "voc12", "inductive"): (83.5, 72.5, 77.5),
+        ("two-stage", "coco-stuff164k", "inductive"): (39.3, 36.3, 37.8),
+        ("two-stage", "voc12", "transductive"): (79.2, 78.1, 79.3),
+        ("two-stage", "coco-stuff164k", "transductive"): (39.6, 43.6, 41.5),
+        ("maskclip-plus", "voc12", "transductive"): (88.8, 86.1, 87.4),
+        ("maskclip-plus", "coco-stuff164k", "transductive"): (38.1, 54.7, 45.0),
+        ("maskclip-plus", "context59", "transductive"): (44.4, 66.7, 53.3)}
+    assert "alignzeg" not in {r["method"] for r in paper["results"]}  # no invented AlignZeg table numbers
+    # MaskCLIP+ (self-trained) must not be matched with this suite's training-free MaskCLIP row
+    assert R._find_method(pd.DataFrame([{"method": "maskclip", "display": "MaskCLIP"}]), "maskclip-plus",
+                          "MaskCLIP+") is None
     # both versions of the abstract: arXiv v1 +3.8 hIoU; ECCV camera-ready +3.5 hIoU and +7.1 unseen
     assert {(c["metric"], c["delta"], c["source"]) for c in paper["claims"]} == {
         ("hIoU", 3.8, "alignzeg-arxiv-v1"), ("hIoU", 3.5, "alignzeg-abstract"), ("mIoU_unseen", 7.1, "alignzeg-abstract")}
-    assert R.published_hiou_consistent(91.9, 77.8, 84.3) and not R.published_hiou_consistent(40.2, 41.1, 40.8)
+    # the flag, by hand: 2*40.2*41.1/81.3 = 40.64; 2*83.5*72.5/156 = 77.61; 2*79.2*78.1/157.3 = 78.65
+    # (each outside the printed value +- rounding); 2*39.3*36.3/75.6 = 37.74 can round to 37.8
+    flagged = {k for k, (s, u, h) in got.items() if not R.published_hiou_consistent(s, u, h)}
+    assert flagged == {("zegclip", "coco-stuff164k", "inductive"), ("two-stage", "voc12", "inductive"),
+                       ("two-stage", "voc12", "transductive")}
+    assert R.published_hiou_consistent(40.2, 41.4, 40.8)  # the first README's value of that row
     assert all(paper["sources"][r["source"]]["url"].startswith("https://") for r in paper["results"])
     assert R.match_dataset("VOC12AUG", paper["datasets"]) == "voc12"
     assert R.match_dataset("coco-stuff-156s15u", paper["datasets"]) == "coco-stuff164k"
+    assert R.match_dataset("context59-zs3-10u", paper["datasets"]) == "context59"
     assert R.match_dataset("synthetic", paper["datasets"]) is None
+
+
+def test_published_section_prints_flags_and_notes():
+    paper = R.load_paper_table()
+    text = R.published_section(paper, {}, pd.DataFrame(), "voc12", "inductive")
+    row = next(r for r in text.splitlines() if r.startswith("| zsseg | ") and "| inductive |" in r)
+    assert "| 77.5 ⚑ |" in row and "no run of zsseg on this dataset" in row
+    assert "zsseg PASCAL VOC 2012 inductive: 2·83.5·72.5/(83.5+72.5) = 77.61, printed 77.5" in text
+    assert "Notes: " in text and "first README printed U 41.4" in text
 
 
 def test_paper_table_errors_name_the_entry(tmp_path):

@@ -75,7 +75,7 @@ def test_single_seed_std_is_nan_and_dash(results_no_scores):
     assert table.loc[0, "n_seeds"] == 1
     assert math.isnan(table.loc[0, "S_std"])
     md = T.main_table_markdown(table)
-    assert "30.00 ± –" in md and "10.00 ± –" in md
+    assert "| 30.00 |" in md and "| 10.00 |" in md and "± –" not in md  # one seed: no interval shown
 
 
 def test_ablation_table_paper_form_and_deltas(results_root):

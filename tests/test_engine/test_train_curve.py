@@ -34,7 +34,8 @@ def test_curve_merges_resumed_folders_and_keeps_every_loss_term(tmp_path):
 
 
 def test_qualitative_rule_and_saver(tmp_path):
-    """The k annotations with the most unseen pixels (ties by name); the hook writes exactly those."""
+    """The k annotations with the largest min(seen, unseen) pixel count (ties by name); the hook writes
+    exactly those."""
     import numpy as np
     import torch
     from mmengine.structures import PixelData
@@ -46,13 +47,17 @@ def test_qualitative_rule_and_saver(tmp_path):
     ann, img_dir = tmp_path / "ann", tmp_path / "img"
     ann.mkdir()
     img_dir.mkdir()
-    counts = {"a": 3, "b": 10, "c": 10, "d": 0}  # unseen (label 2) pixels per image
-    for stem, n in counts.items():
+    # (unseen = label 2, ignore = 255) pixels of 16; the rest is seen (label 0)
+    counts = {"a": (3, 0), "b": (10, 0), "c": (16, 0), "d": (8, 0), "e": (6, 4), "f": (6, 0)}
+    for stem, (n, ign) in counts.items():
         lab = np.zeros((4, 4), np.uint8)
         lab.flat[:n] = 2
+        lab.flat[16 - ign:] = 255
         Image.fromarray(lab).save(ann / f"{stem}.png")
         Image.fromarray(np.full((4, 4, 3), 7, np.uint8)).save(img_dir / f"{stem}.png")
-    assert qualitative_images(ann, [2], k=3) == ["b", "c", "a"]
+    # min(seen, unseen): a 3, b 6, c 0 (only unseen), d 8, e min(6, 6) = 6, f 6 -> d, then b, e, f by name
+    assert qualitative_images(ann, [2], k=4) == ["d", "b", "e", "f"]
+    assert qualitative_images(ann, [2], k=6)[-1] == "c"
     hook = PredictionSaverHook(str(tmp_path / "out"), ["b"])
     samples = []
     for stem in counts:
