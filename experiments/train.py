@@ -27,6 +27,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
                         help="override config entries, e.g. model.backbone.clip.pretrained=PATH "
                              "train_dataloader.dataset.data_root=DIR")
+    parser.add_argument("--data-root", default=None, metavar="DIR",
+                        help="a prepared folder (`alignzeg prepare ...`): sets data_root of the train, val and "
+                             "test datasets and, where the config leaves model.split unset, DIR/split.json")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                         help="distributed launcher (use with torchrun or srun)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
@@ -63,6 +66,7 @@ def load_config(args: argparse.Namespace):
     cfg = read_config(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    apply_data_root(cfg, getattr(args, "data_root", None))
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -71,6 +75,44 @@ def load_config(args: argparse.Namespace):
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     return cfg
+
+
+def _datasets(cfg):
+    """The dataset configs of the train/val/test loaders (a ConcatDataset's parts included)."""
+    out = []
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        ds = (cfg.get(key) or {}).get("dataset")
+        stack = [ds] if ds is not None else []
+        while stack:
+            d = stack.pop()
+            out.append((key, d))
+            stack.extend(d.get("datasets") or [])
+    return out
+
+
+def apply_data_root(cfg, data_root: str | None) -> None:
+    """``--data-root``: set every dataset's ``data_root``; an unset ``model.split`` becomes the split.json
+    of the datasets' root. Either way an unset ``model.split`` is an error naming what is missing."""
+    sets = _datasets(cfg)
+    if data_root is not None:
+        if not osp.isdir(data_root):
+            raise SystemExit(f"--data-root: folder not found: {data_root}")
+        for _, d in sets:
+            if "datasets" not in d:
+                d["data_root"] = data_root
+    model = cfg.get("model") or {}
+    if "split" not in model or model.get("split") not in (None, ""):
+        return
+    roots = [d.get("data_root") for key, d in sets if key == "train_dataloader" and d.get("data_root")]
+    roots = roots or [d.get("data_root") for _, d in sets if d.get("data_root")]
+    if not roots:
+        raise SystemExit("model.split is not set and no dataset names a data_root: set model.split "
+                         "(a shipped split name or a split.json) or pass --data-root DIR")
+    candidate = osp.join(roots[0], "split.json")
+    if not osp.isfile(candidate):
+        raise SystemExit(f"model.split is not set and {candidate} does not exist: run `alignzeg prepare folder "
+                         f"... --out {roots[0]}` (it writes split.json) or set model.split")
+    cfg.model.split = candidate
 
 
 def prepare_runtime() -> None:

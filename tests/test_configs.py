@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "experiments" / "configs"
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.py") if "_base_" not in p.relative_to(CONFIG_DIR).parts)
 # Dataset tokens of the naming scheme (add new datasets here).
-DATASETS = ("synthetic", "voc12aug", "coco-stuff164k", "context59")
+DATASETS = ("synthetic", "voc12aug", "coco-stuff164k", "context59", "folder")
 NAME = re.compile(r"^(?P<method>[a-z0-9]+(?:-[a-z0-9]+)*)_(?P<backbone>[a-z0-9]+(?:-[a-z0-9]+)*)_"
                   r"(?P<gpus>\d+)xb(?P<batch>\d+)-(?P<iters>\d+k?)_"
                   r"(?P<dataset>{})-(?P<split>[a-z0-9]+(?:-[a-z0-9]+)*)-(?P<crop>\d+x\d+)\.py$"

@@ -61,6 +61,10 @@ class ZeroShotEncoderDecoder(BaseSegmentor):
         if train_vocabulary not in VOCABULARIES:
             raise ValueError(f"ZeroShotEncoderDecoder: train_vocabulary must be one of {VOCABULARIES}, "
                              f"got {train_vocabulary!r}")
+        if split is None or (isinstance(split, str) and not split.strip()):
+            raise ValueError("ZeroShotEncoderDecoder: model.split is not set; give a shipped split name "
+                             "(e.g. 'voc12-15s5u') or the path of a split.json (`alignzeg prepare folder` writes "
+                             "one; `alignzeg train/test --data-root DIR` takes DIR/split.json)")
         self.split: Split = load_split(split)
         if not self.split.seen:
             raise ValueError(f"split {self.split.name!r}: no seen classes to train on")

@@ -1,10 +1,11 @@
-"""``alignzeg prepare {voc,coco-stuff,context,synthetic} ...``: build the common prepared layout.
+"""``alignzeg prepare {voc,coco-stuff,context,folder,synthetic} ...``: build the common prepared layout.
 
 Each converter reads an official download, validates it, and writes (atomically)::
 
     OUT/images/{train,val}/<id>.jpg       original images
     OUT/annotations/{train,val}/<id>.png  uint8 labels in the full label space, 255 = ignore
-    OUT/split.json                        the matching shipped split (class order = label order)
+    OUT/split.json                        the matching shipped split (class order = label order);
+                                          ``folder`` writes it from --classes and --unseen
     OUT/meta.json                         dataset, image counts, source, label mapping
 
 ``synthetic`` hands its arguments to :mod:`alignzeg.data.synthetic` (imported only when chosen).
@@ -24,6 +25,8 @@ CONVERTERS: dict[str, tuple[str, str]] = {
     "voc": ("alignzeg.data.prepare.voc", "PASCAL VOC 2012 (+ SBD aug) from VOCdevkit and SBD"),
     "coco-stuff": ("alignzeg.data.prepare.coco_stuff", "COCO-Stuff 164k from images + stuffthingmaps"),
     "context": ("alignzeg.data.prepare.context", "PASCAL Context-59 from trainval.tar.gz (.mat) + VOC2010 images"),
+    "folder": ("alignzeg.data.prepare.folder", "any folder of images + label PNGs + a class-name file "
+               "(writes split.json from --unseen)"),
     "synthetic": ("alignzeg.data.synthetic", "generate the embedded synthetic zero-shot benchmark"),
 }
 
