@@ -68,6 +68,8 @@ def load_config(args: argparse.Namespace):
         cfg.merge_from_dict(args.cfg_options)
     apply_data_root(cfg, getattr(args, "data_root", None))
     cfg.launcher = args.launcher
+    if args.launcher != "none":
+        setup_distributed(cfg)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir") is None:
@@ -113,6 +115,42 @@ def apply_data_root(cfg, data_root: str | None) -> None:
         raise SystemExit(f"model.split is not set and {candidate} does not exist: run `alignzeg prepare folder "
                          f"... --out {roots[0]}` (it writes split.json) or set model.split")
     cfg.model.split = candidate
+
+
+def setup_distributed(cfg) -> None:
+    """Distributed runs without CUDA (CPU, gloo): mmengine's ``init_dist`` always calls
+    ``torch.cuda.set_device``, so the process group is made here (``torchrun`` sets RANK, WORLD_SIZE,
+    MASTER_ADDR) and the model is wrapped in DDP without device ids. With CUDA mmengine does it all."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if cfg.launcher != "pytorch":
+            raise SystemExit(f"--launcher {cfg.launcher} without CUDA: only 'pytorch' (torchrun) runs on CPU (gloo)")
+        missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise SystemExit(f"--launcher pytorch: environment variables {missing} are not set; start the "
+                             "command with torchrun (python -m torch.distributed.run --nproc_per_node N ...)")
+        dist.init_process_group(backend="gloo")
+    wrapper = dict(cfg.get("model_wrapper_cfg") or {})
+    wrapper.setdefault("type", "MMDistributedDataParallel")
+    wrapper.setdefault("broadcast_buffers", False)
+    wrapper.setdefault("find_unused_parameters", bool(cfg.get("find_unused_parameters", False)))
+    wrapper["device_ids"] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
+def log_batch_size(runner) -> None:
+    """Log the effective batch size: processes x images per process (x gradient accumulation)."""
+    cfg = runner.cfg
+    per = int((cfg.get("train_dataloader") or {}).get("batch_size", 0) or 0)
+    accum = int((cfg.get("optim_wrapper") or {}).get("accumulative_counts", 1) or 1)
+    runner.logger.info(f"effective batch size: {runner.world_size} process(es) x {per} image(s)"
+                       + (f" x {accum} accumulation steps" if accum > 1 else "")
+                       + f" = {runner.world_size * per * accum}")
 
 
 def prepare_runtime() -> None:
@@ -230,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
         set_metric_output_dir(cfg.val_evaluator, cfg.work_dir, overwrite=False)
     add_run_state(cfg)
     runner = Runner.from_cfg(cfg)
+    log_batch_size(runner)
     model = unwrap(runner.model)
     check_vocabulary(runner, runner.train_loop.dataloader.dataset,
                      getattr(model, "train_vocabulary", "seen"))

@@ -98,6 +98,14 @@ class UnseenScoreSamplerHook(Hook):
         self._ind_unseen.append(probs_unseen)
 
     def after_test(self, runner) -> None:
+        from mmengine.dist import all_gather_object, get_world_size, is_main_process
+
+        if get_world_size() > 1:  # every rank's samples, written once by rank 0
+            parts = all_gather_object((self._seen, self._unseen, self._ind_prob, self._ind_unseen))
+            if not is_main_process():
+                return
+            self._seen, self._unseen, self._ind_prob, self._ind_unseen = (
+                [a for p in parts for a in p[i]] for i in range(4))
         seen = np.concatenate(self._seen) if self._seen else np.zeros(0, np.float32)
         unseen = np.concatenate(self._unseen) if self._unseen else np.zeros(0, np.float32)
         if seen.size > self.max_samples:

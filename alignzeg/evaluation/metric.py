@@ -7,10 +7,13 @@ Follows the contract of mmseg's ``IoUMetric`` (mmsegmentation 1.x,
 over the dataset; the numbers are the zero-shot set (see :mod:`alignzeg.evaluation.confusion`), and the
 full table (per class, confusion matrix) can be written to ``<output_dir>/zeroshot_metrics.json``.
 
-Multi-process evaluation: each rank keeps ``self.results == [its summed matrix]`` (one entry);
-mmengine's ``collect_results`` gathers one matrix per rank and ``compute_metrics`` sums them. mmengine
-truncates the gathered list to the dataset size, which is never smaller than the number of ranks with
-its ``DefaultSampler`` (every rank receives at least one sample).
+Multi-process evaluation: each rank keeps one entry in ``self.results``: its rank, its number of
+samples ``n``, the summed matrix of all its samples but the last, and the last sample's matrix apart.
+mmengine's ``DefaultSampler`` pads the index list to a multiple of the world size ``W`` by repeating its
+first indices at the end, and rank ``r`` takes positions ``r, r + W, ...``; so a rank's only possible
+padded duplicate is its last sample, at position ``r + (n - 1) W``, and it is a duplicate exactly when that
+position is ``>=`` the dataset size. ``compute_metrics`` (rank 0) drops those and sums the rest, so every
+image counts once, as in one process (tested with a 2-process gloo run).
 """
 from __future__ import annotations
 
@@ -159,9 +162,8 @@ class ZeroShotIoUMetric(BaseMetric):
             num_classes = self._split_obj.num_classes
         else:
             raise ValueError("ZeroShotIoUMetric: dataset_meta has no 'classes' and no 'split' was given")
-        total = None
-        sweep = self._sweep_batch(data_samples, num_classes) if self.gamma_sweep is not None else None
-        for sample in data_samples:
+        sweeps = self._sweep_batch(data_samples, num_classes) if self.gamma_sweep is not None else None
+        for i, sample in enumerate(data_samples):
             pred = _field(_field(sample, "pred_sem_seg"), "data").squeeze()
             if not _has_field(sample, "gt_sem_seg"):
                 where = sample.get("img_path", "?") if isinstance(sample, dict) else "?"
@@ -173,21 +175,28 @@ class ZeroShotIoUMetric(BaseMetric):
                 path = sample.get("img_path") if isinstance(sample, dict) else getattr(
                     sample, "img_path", None)
                 raise ValueError(f"{path or 'data sample'}: {err}") from err
-            total = counts if total is None else total + counts
             if self.bootstrap:
                 self._images.append(np.asarray(counts, dtype=np.int32))
-        if total is None:
-            return
-        if sweep is not None:  # still one entry per process: {"conf": C×C, "sweep": G×C×C}
-            if self.results:
-                self.results[0] = {"conf": self.results[0]["conf"] + total,
-                                   "sweep": self.results[0]["sweep"] + sweep}
-            else:
-                self.results.append({"conf": total, "sweep": sweep})
-        elif self.results:
-            self.results[0] = self.results[0] + total
-        else:
-            self.results.append(total)
+            self._add_sample(np.asarray(counts, dtype=np.int64), None if sweeps is None else sweeps[i])
+
+    def _add_sample(self, conf: np.ndarray, sweep: Optional[np.ndarray]) -> None:
+        """Fold the previous last sample into the body; keep this one apart (see the module docstring)."""
+        if not self.results:
+            from mmengine.dist import get_rank
+
+            self.results.append({"rank": get_rank(), "n": 0, "conf": np.zeros_like(conf), "last_conf": None,
+                                 "sweep": None if sweep is None else np.zeros_like(sweep), "last_sweep": None})
+        acc = self.results[0]
+        if acc["last_conf"] is not None:
+            acc["conf"] = acc["conf"] + acc["last_conf"]
+            if sweep is not None:
+                acc["sweep"] = acc["sweep"] + acc["last_sweep"]
+        acc["last_conf"], acc["last_sweep"], acc["n"] = conf, sweep, acc["n"] + 1
+
+    def evaluate(self, size: int) -> dict:
+        """As mmengine's, remembering the dataset size (padded duplicates are found from it)."""
+        self._size = int(size)
+        return super().evaluate(size)
 
     def _seen_mask(self, num_classes: int) -> torch.Tensor:
         classes, unseen = self._vocabulary()
@@ -195,8 +204,8 @@ class ZeroShotIoUMetric(BaseMetric):
             raise ValueError(f"ZeroShotIoUMetric: {len(classes)} class names for {num_classes} classes")
         return torch.tensor([c not in set(unseen) for c in classes], dtype=torch.bool)
 
-    def _sweep_batch(self, data_samples: Sequence[Any], num_classes: int) -> np.ndarray:
-        """G×C×C confusion matrices of the batch at every γ of the sweep (grid fixed on the first batch)."""
+    def _sweep_batch(self, data_samples: Sequence[Any], num_classes: int) -> list[np.ndarray]:
+        """Per sample, its G×C×C confusion matrices at every γ of the sweep (grid fixed on the first batch)."""
         from alignzeg.evaluation.calibration import gamma_grid, margins_of, sweep_confusions
 
         seen = self._seen_mask(num_classes)
@@ -222,29 +231,38 @@ class ZeroShotIoUMetric(BaseMetric):
             cal = cfg.get("calibrated")
             if cal is not None and not np.any(self._gammas == float(cal)):
                 self._gammas = np.unique(np.concatenate([self._gammas, [float(cal)]]))
-        total = None
+        out = []
         for sample, sc in zip(data_samples, scores):
             gt = _field(_field(sample, "gt_sem_seg"), "data").squeeze()
             mats = sweep_confusions(sc.squeeze(0) if sc.dim() == 4 else sc, gt, seen, self._gammas,
                                     self.ignore_index)
-            total = mats if total is None else total + mats
-        return total
+            out.append(np.asarray(mats, dtype=np.int64))
+        return out
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         """Sum the per-process matrices, log the table, write the JSON, return the flat scalars."""
         classes, unseen = self._vocabulary()
         matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
         sweep = None
+        from mmengine.dist import get_world_size
+
+        world, size = get_world_size(), getattr(self, "_size", None)
         for part in results:
-            if isinstance(part, dict):
-                s_part = np.asarray(part["sweep"], dtype=np.int64)
-                sweep = s_part if sweep is None else sweep + s_part
-                part = part["conf"]
-            part = np.asarray(part.cpu() if hasattr(part, "cpu") else part, dtype=np.int64)
-            if part.shape != matrix.shape:
-                raise ValueError(f"ZeroShotIoUMetric: collected matrix of shape {part.shape}, expected "
-                                 f"{matrix.shape}")
-            matrix += part
+            if not isinstance(part, dict) or "last_conf" not in part:
+                raise ValueError("ZeroShotIoUMetric: collected an entry that is not this metric's per-rank "
+                                 f"accumulator ({type(part).__name__})")
+            lasts = [(part["last_conf"], part["last_sweep"])]
+            padded = (world > 1 and size is not None
+                      and part["rank"] + (part["n"] - 1) * world >= size)  # a DefaultSampler duplicate
+            pieces = [(part["conf"], part["sweep"])] + ([] if padded else lasts)
+            for conf, sw in pieces:
+                conf = np.asarray(conf, dtype=np.int64)
+                if conf.shape != matrix.shape:
+                    raise ValueError(f"ZeroShotIoUMetric: collected matrix of shape {conf.shape}, expected "
+                                     f"{matrix.shape}")
+                matrix += conf
+                if sw is not None:
+                    sweep = np.asarray(sw, dtype=np.int64) if sweep is None else sweep + sw
         if self._split_obj is not None:
             stuff = list(self._split_obj.stuff)
         else:
