@@ -59,7 +59,7 @@ class ZegCLIPPromptedBackbone(CLIPBackbone):
     """Frozen CLIP with ZegCLIP's deep visual prompt tuning.
 
     Args:
-        clip, out_layers, value_path, init_cfg: as :class:`CLIPBackbone`.
+        clip, out_layers, value_path, precision, checkpointing, init_cfg: as :class:`CLIPBackbone`.
         frozen: must be True (ZegCLIP never updates CLIP's weights; accepted so configs can inherit the
             ``CLIPBackbone`` defaults).
         num_tokens: prompt tokens per layer (ZegCLIP: 10 for VOC, 100 for COCO-Stuff; 0 = plain CLIP).
@@ -73,11 +73,12 @@ class ZegCLIPPromptedBackbone(CLIPBackbone):
 
     def __init__(self, clip: dict, out_layers: Sequence[int] | None = None, num_tokens: int = 10, deep: bool = True,
                  prompt_dropout: float = 0.1, final_norm: bool = True, value_path: str = "maskclip",
-                 frozen: bool = True, init_cfg=None) -> None:
+                 frozen: bool = True, precision: str = "fp32", checkpointing: bool = False, init_cfg=None) -> None:
         if not frozen:
             raise ValueError("ZegCLIPPromptedBackbone: frozen=False is not supported; ZegCLIP tunes only the "
                              "visual prompts (use CLIPBackbone for fine-tuning CLIP)")
-        super().__init__(clip, out_layers=out_layers, frozen=True, value_path=value_path, init_cfg=init_cfg)
+        super().__init__(clip, out_layers=out_layers, frozen=True, value_path=value_path, precision=precision,
+                         checkpointing=checkpointing, init_cfg=init_cfg)
         self.features = PromptedCLIPVisualFeatures(
             self.clip_model, out_layers=self.out_layers, value_path=value_path, num_tokens=num_tokens, deep=deep,
             prompt_dropout=prompt_dropout, final_norm=final_norm)
@@ -95,8 +96,8 @@ class ZegCLIPPromptedBackbone(CLIPBackbone):
     def forward(self, images: Tensor) -> dict:
         if self.num_tokens == 0:  # nothing to train: no graph through CLIP
             with torch.no_grad():
-                return self.features(images)
-        return self.features(images)
+                return self._features(images)
+        return self._features(images)
 
 
 class _HeadAdapter(BaseModule):

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alignzeg.clip.dense import CLIPVisualFeatures
+from alignzeg.clip.dense import CLIPVisualFeatures, run_block
 from alignzeg.models.losses import dice_loss
 
 __all__ = [
@@ -175,7 +175,8 @@ class PromptedCLIPVisualFeatures(CLIPVisualFeatures):
                 x = torch.cat([x[:, :1], p.to(x.dtype), x[:, -hw:]], dim=1)
             if i == len(blocks) - 1:
                 last_in = x
-            x = block(x, attn_mask=None) if batch_first else block(x.transpose(0, 1), attn_mask=None).transpose(0, 1)
+            ckpt = getattr(self, "checkpointing", False)
+            x = run_block(block, x, ckpt) if batch_first else run_block(block, x.transpose(0, 1), ckpt).transpose(0, 1)
             if i in self.out_layers:
                 taken[i] = x
         layers = [taken[i][:, -hw:].transpose(1, 2).reshape(b, -1, h, w) for i in self.out_layers]

@@ -55,6 +55,18 @@ def default_out_layers(num_layers: int) -> tuple[int, ...]:
     return tuple(picks)
 
 
+def run_block(block: nn.Module, x: torch.Tensor, checkpointing: bool = False) -> torch.Tensor:
+    """``block(x, attn_mask=None)``, with activation checkpointing (torch.utils.checkpoint, non-reentrant)
+    when ``checkpointing`` and autograd records: the block's activations are recomputed in the backward
+    pass instead of stored, which matters where gradients cross the frozen CLIP (ZegCLIP's visual
+    prompts, a fine-tuned tower); without autograd there is nothing to store and it runs as is."""
+    if checkpointing and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(lambda t: block(t, attn_mask=None), x, use_reentrant=False)
+    return block(x, attn_mask=None)
+
+
 class CLIPVisualFeatures(nn.Module):
     """Frozen feature extractor around ``clip_model.visual`` (an open_clip ``VisionTransformer``).
 
@@ -153,7 +165,7 @@ class CLIPVisualFeatures(nn.Module):
         for i, block in enumerate(blocks):
             if i == len(blocks) - 1:
                 last_in = x
-            x = block(x, attn_mask=None)
+            x = run_block(block, x, getattr(self, "checkpointing", False))
             if i in self.out_layers:
                 taken[i] = x if batch_first else x.transpose(0, 1)
         layers = [taken[i][:, 1:].transpose(1, 2).reshape(B, -1, h, w) for i in self.out_layers]

@@ -32,6 +32,12 @@ class CLIPBackbone(BaseModule):
         frozen: True (default) keeps every CLIP parameter fixed, runs the tower without autograd and in
             eval mode. False makes the visual tower trainable (full fine-tuning; the text tower stays fixed).
         value_path: dense value path of :class:`CLIPVisualFeatures` ('maskclip' or 'value').
+        precision: 'fp32' (default), 'fp16' or 'bf16': the CLIP forward runs under ``torch.autocast`` in
+            that type (weights stay float32) and its outputs are returned in float32, so the heads and the
+            losses are unchanged. 'fp16' needs a GPU; 'bf16' also runs on CPU.
+        checkpointing: activation checkpointing of every CLIP block (recomputed in the backward pass). It
+            saves memory only where gradients cross CLIP (ZegCLIP's visual prompts, ``frozen=False``); a
+            frozen tower runs without autograd and stores nothing anyway.
 
     ``forward(images)`` returns the feature dict of :class:`CLIPVisualFeatures` (``layers``,
     ``cls_layers``, ``image_embed``, ``dense_embed``, ``grid``). Attributes: ``clip_model`` (open_clip CLIP),
@@ -39,8 +45,13 @@ class CLIPBackbone(BaseModule):
     """
 
     def __init__(self, clip: dict, out_layers: Sequence[int] | None = None, frozen: bool = True,
-                 value_path: str = "maskclip", init_cfg=None) -> None:
+                 value_path: str = "maskclip", precision: str = "fp32", checkpointing: bool = False,
+                 init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
+        if precision not in PRECISIONS:
+            raise ValueError(f"CLIPBackbone: precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        self.checkpointing = bool(checkpointing)
         if not isinstance(clip, dict) or ("model" not in clip and "pretrained" not in clip):
             raise ValueError(f"CLIPBackbone: 'clip' must be a dict with 'model' and/or 'pretrained', got {clip!r}")
         clip = dict(clip)
@@ -107,8 +118,28 @@ class CLIPBackbone(BaseModule):
     def forward(self, images: torch.Tensor) -> dict:
         if self.frozen:
             with torch.no_grad():
-                return self.features(images)
-        return self.features(images)
+                return self._features(images)
+        return self._features(images)
+
+    def _features(self, images: torch.Tensor) -> dict:
+        """``self.features(images)`` with the precision and checkpointing switches applied."""
+        self.features.checkpointing = self.checkpointing
+        if self.precision == "fp32":
+            return self.features(images)
+        with torch.autocast(device_type=images.device.type, dtype=PRECISIONS[self.precision]):
+            out = self.features(images)
+        return {k: _to_float32(v) for k, v in out.items()}
+
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _to_float32(v):
+    if isinstance(v, torch.Tensor):
+        return v.float() if v.is_floating_point() else v
+    if isinstance(v, (list, tuple)):
+        return type(v)(_to_float32(t) for t in v)
+    return v
 
 
 def clip_of(module: nn.Module) -> nn.Module:
