@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "test": ("experiments.test", "evaluate a checkpoint with the zero-shot metric"),
     "analyse": ("analysis.tables", "tables and figures of seen/unseen/hIoU and misalignment measures from metric JSON"),
     "report": ("analysis.report", "report.md (tables, figures, published numbers) from the analysis folder"),
+    "bench": ("alignzeg.bench", "cost of every method as ratios measured in one run (inference, training, metric, text)"),
 }
 
 

@@ -87,7 +87,12 @@ def confusion_matrix(pred, gt, num_classes: int, ignore_index: int = 255) -> np.
 
 def _check_range(values, num_classes: int, what: str, ignore_index: int) -> None:
     if values.numel() if _is_torch(values) else values.size:
-        lo, hi = int(values.min()), int(values.max())
+        if _is_torch(values):
+            import torch
+
+            lo, hi = (int(v) for v in torch.aminmax(values))  # one pass instead of two
+        else:
+            lo, hi = int(values.min()), int(values.max())
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
             raise ValueError(
