@@ -268,8 +268,30 @@ def run(args: argparse.Namespace) -> int:
           f"{ev['peak_ratio_4n_to_n']:.2f}x for 4x the images")
     print(f"text        cached second run {tx['speedup']:.0f}x faster than the first")
     if args.out:
+        out["figure"] = plot_bench(out, Path(args.out).parent)
         atomic_write_json(args.out, out)
     return 0
+
+
+def plot_bench(bench: dict, out_dir: Path) -> str:
+    """A bar chart of inference ÷ frozen-CLIP encoder per method next to the JSON; returns the PNG name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis.plots import save_figure
+
+    names = list(bench["methods"])
+    ratios = [bench["methods"][m]["inference"]["ratio_to_clip"] for m in names]
+    fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(names) + 1.2))
+    ax.barh(names, ratios, color="#0072B2")
+    ax.axvline(1.0, color="black", lw=0.8, ls="--")
+    ax.set_xlabel("inference time ÷ frozen CLIP image encoder (same input)")
+    ax.invert_yaxis()
+    ax.set_title(f"alignzeg bench --size {bench['size']} ({bench['image']}×{bench['image']})", fontsize=9)
+    files = save_figure(fig, Path(out_dir), "bench_inference")
+    return next(f for f in files if f.endswith(".png"))
 
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - `alignzeg bench` is the entry point

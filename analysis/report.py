@@ -289,6 +289,34 @@ def figure_paragraph(fid: str, fig: dict[str, Any], summary: dict[str, Any], d: 
     return ""
 
 
+# --------------------------------------------------------------------------------------------- cost
+def cost_section(bench: dict[str, Any], rel: Path) -> str:
+    """The Cost section from `alignzeg bench`'s JSON: ratios first, absolute times and the machine after."""
+    m = bench.get("machine") or {}
+    lines = ["## Cost", "",
+             f"`alignzeg bench --size {bench.get('size')}` ({bench.get('image')}×{bench.get('image')} inputs) on "
+             f"{m.get('processor') or '?'}, {m.get('cpu_count')} CPU(s), {m.get('threads')} torch thread(s)"
+             + (f", {m['cuda']}" if m.get("cuda") else ", no GPU") + f", torch {m.get('torch')}. Each ratio is "
+             "measured in one run on the same inputs.", "",
+             "| Method | inference ÷ frozen CLIP encoder | ms per image | training s / iteration | data wait (%) |",
+             "|---|---:|---:|---:|---:|"]
+    for name, row in (bench.get("methods") or {}).items():
+        inf, tr = row.get("inference") or {}, row.get("training")
+        cells = [name, f"{inf.get('ratio_to_clip', float('nan')):.2f}×", f"{1000 * inf.get('seconds_per_image', 0):.1f}"]
+        cells += ([f"{tr['seconds_per_iter']:.3f} (batch {tr['batch_size']})", f"{100 * tr['data_wait_share']:.1f}"]
+                  if tr else ["– (training-free)", DASH])
+        lines.append("| " + " | ".join(cells) + " |")
+    ev, tx = bench.get("evaluation") or {}, bench.get("text") or {}
+    lines += ["", f"Metric accumulation: {ev.get('throughput_ratio_to_bincount', float('nan')):.2f}× the throughput of "
+              f"a bare `torch.bincount` over the same {ev.get('images')} images (target ≥ 0.8); peak memory for 4× the "
+              f"images: {ev.get('peak_ratio_4n_to_n', float('nan')):.2f}× (flat = 1). Text embeddings: the cached "
+              f"second run is {tx.get('speedup', float('nan')):.0f}× faster than the first (target ≥ 20).", ""]
+    fig = bench.get("figure")
+    if fig:
+        lines += [f"![Inference cost per method]({(rel / fig).as_posix()})", ""]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------- published
 def published_hiou_consistent(s: float, u: float, h: float, decimals: int = 1) -> bool:
     """Whether a printed hIoU equals 2SU/(S+U) of the printed S and U, to the printed precision (any S, U
@@ -392,7 +420,8 @@ def _find_method(main: pd.DataFrame, key: str, display: str | None):
 
 # --------------------------------------------------------------------------------------------- report
 def build_report(analysis: str | Path, out: str | Path, paper_table: str | Path = PAPER_TABLE,
-                 dataset: str | None = None, setting: str | None = None, title: str | None = None) -> str:
+                 dataset: str | None = None, setting: str | None = None, title: str | None = None,
+                 bench: str | Path | None = None) -> str:
     """Compose ``report.md`` text from an analysis folder and write it to ``out``; return the text."""
     from alignzeg.utils import atomic_write_text
 
@@ -449,6 +478,8 @@ def build_report(analysis: str | Path, out: str | Path, paper_table: str | Path 
                 L += [""]
             L += [figure_paragraph(fid, fig, summary, d), ""]
 
+    if bench is not None:
+        L += [cost_section(_read_json(Path(bench)), Path(os.path.relpath(Path(bench).parent, out.parent)))]
     L += [published_section(load_paper_table(paper_table), summary, main, dataset, setting, d)]
     text = "\n".join(L).rstrip() + "\n"
     atomic_write_text(out, text)
@@ -499,9 +530,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=None, help="dataset key (default: the one recorded by analyse)")
     parser.add_argument("--setting", default=None, choices=["inductive", "transductive"])
     parser.add_argument("--title", default=None)
+    parser.add_argument("--bench", default=None, help="bench.json of `alignzeg bench` (adds the Cost section)")
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    build_report(args.analysis, args.out, args.paper_table, args.dataset, args.setting, args.title)
+    build_report(args.analysis, args.out, args.paper_table, args.dataset, args.setting, args.title, args.bench)
     return 0

@@ -170,6 +170,13 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "methods": _mapping(_str()),
         "calibrated": _list(_str(), nonempty=False),
     },
+    "bench": {
+        "size": _str(("tiny", "full")),
+        "repeats": _int(1),
+        "iters": _int(1),
+        "batch_size": _int(1),
+        "metric_images": _int(1),
+    },
 }
 
 

@@ -43,6 +43,7 @@ def _tiny_params(params: dict) -> dict:
     params["pretrain_clip"].update(epochs=1, batch_size=16, num_scenes=64, num_heldout=16)
     params["train"].update(max_iters=3, warmup_iters=1, batch_size=4, log_interval=1)
     params["ablate"]["variants"] = ["add-fes", "drop-pbc"]
+    params["bench"].update(repeats=1, iters=1, batch_size=2, metric_images=4)
     return params
 
 

@@ -219,3 +219,33 @@ def test_report_lists_the_unseen_classes_iou_per_method(report_text):
             cells.append(f"{np.mean(vals):.2f}")
         assert f"| {c} | {cells[0]} | {cells[1]} |" in section, c
     assert not [c for c in CLASSES if c not in UNSEEN and f"| {c} |" in section]
+
+
+def test_cost_section_from_bench_json(analysed, tmp_path):
+    """The report's Cost section shows the bench ratios as measured, and embeds its figure."""
+    import matplotlib.pyplot as plt
+
+    bench_dir = tmp_path / "bench"
+    bench_dir.mkdir()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    fig.savefig(bench_dir / "bench_inference.png")
+    plt.close(fig)
+    bench = {"size": "tiny", "image": 64, "figure": "bench_inference.png",
+             "machine": {"processor": "x86_64", "cpu_count": 2, "threads": 2, "torch": "2.14.1", "cuda": None},
+             "methods": {"alignzeg": {"inference": {"ratio_to_clip": 3.0, "seconds_per_image": 0.024},
+                                      "training": {"seconds_per_iter": 0.15, "data_wait_share": 0.031,
+                                                   "batch_size": 16}},
+                         "maskclip": {"inference": {"ratio_to_clip": 1.05, "seconds_per_image": 0.0084}}},
+             "evaluation": {"throughput_ratio_to_bincount": 0.91, "images": 64, "peak_ratio_4n_to_n": 1.0},
+             "text": {"speedup": 48.6}}
+    (bench_dir / "bench.json").write_text(json.dumps(bench))
+    out = tmp_path / "rep" / "report.md"
+    text = R.build_report(analysed, out, bench=bench_dir / "bench.json")
+    assert "| alignzeg | 3.00× | 24.0 | 0.150 (batch 16) | 3.1 |" in text
+    assert "| maskclip | 1.05× | 8.4 | – (training-free) | – |" in text
+    assert "0.91× the throughput" in text and "1.00× (flat = 1)" in text and "49× faster" in text
+    assert "2 CPU(s), 2 torch thread(s), no GPU" in text
+    assert "![Inference cost per method](../bench/bench_inference.png)" in text
+    html = out.with_suffix(".html").read_text()
+    assert html.count("data:image/png;base64,") >= 1 and "bench_inference.png" not in html.split("<img")[-1][:40]
