@@ -1,5 +1,5 @@
-# The ablation's first row on PASCAL VOC 15/5 with CLIP ViT-B/16: AlignZeg with all four components off
-# (mrpe, fes, bds, pbc = False), the SAN-style structural parent; everything else as the full model:
+# The ablation's first row on PASCAL VOC 2012 + SBD aug (15 seen / 5 unseen) with CLIP ViT-B/16: AlignZeg with all four components
+# off (mrpe, fes, bds, pbc = False), the SAN-style structural parent; everything else as the full model:
 #   alignzeg train experiments/configs/alignzeg/alignzeg-parent_vit-b16_4xb4-20k_voc12aug-15s5u-512x512.py
 _base_ = ['./alignzeg_vit-b16_4xb4-20k_voc12aug-15s5u-512x512.py']
 model = dict(decode_head=dict(mrpe=False, fes=False, bds=False, pbc=False))

@@ -1,9 +1,6 @@
 # Iteration-based schedule, 20000 iterations (PASCAL VOC, as ZegCLIP).
-# AdamW with linear warm-up then polynomial decay; method configs adjust lr and paramwise_cfg.
-optimizer = dict(type='AdamW', lr=2e-5, betas=(0.9, 0.999), weight_decay=0.01)
-# GroupedOptimWrapperConstructor (alignzeg.engine.optim): mmengine's param-wise rules, equal groups merged
-optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer, clip_grad=dict(max_norm=0.01, norm_type=2),
-                     constructor='GroupedOptimWrapperConstructor')
+# Linear warm-up then polynomial decay; the optimizer comes with the method's model base
+# (_base_/models/<method>_vit-b16.py, from _base_/schedules/adamw.py).
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=1500),
     dict(type='PolyLR', eta_min=0.0, power=0.9, begin=1500, end=20000, by_epoch=False),
