@@ -121,7 +121,6 @@ def bench_inference(model, image: int, repeats: int) -> dict:
 
 
 def bench_training(cfg, model, iters: int, batch_size: int | None) -> dict:
-    import torch
     from mmengine.optim import build_optim_wrapper
     from mmengine.runner import Runner
 
@@ -142,7 +141,6 @@ def bench_training(cfg, model, iters: int, batch_size: int | None) -> dict:
         model.train_step(batch, wrapper)
         t2 = time.perf_counter()
         wait, step = wait + (t1 - t0), step + (t2 - t0)
-    del torch
     return {"seconds_per_iter": step / max(1, iters), "data_wait_share": wait / step if step else float("nan"),
             "batch_size": int(loader_cfg.batch_size)}
 

@@ -445,7 +445,7 @@ def summarise(tidy: pd.DataFrame) -> pd.DataFrame:
 
 
 def fmt(x: float, decimals: int = 2) -> str:
-    return DASH if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{decimals}f}"
+    return DASH if _missing(x) else f"{x:.{decimals}f}"
 
 
 def fmt_pm(mean: float, std: float, decimals: int = 2) -> str:

@@ -82,6 +82,7 @@ class ZegCLIPPromptedBackbone(CLIPBackbone):
         self.features = PromptedCLIPVisualFeatures(
             self.clip_model, out_layers=self.out_layers, value_path=value_path, num_tokens=num_tokens, deep=deep,
             prompt_dropout=prompt_dropout, final_norm=final_norm)
+        self.features.checkpointing = self.checkpointing
         own = {id(t): name for name, t in self.clip_model.state_dict(keep_vars=True).items()}
         self._shared = {fname: own[id(t)] for fname, t in self.features.state_dict(keep_vars=True).items()
                         if id(t) in own}

@@ -175,8 +175,8 @@ class PromptedCLIPVisualFeatures(CLIPVisualFeatures):
                 x = torch.cat([x[:, :1], p.to(x.dtype), x[:, -hw:]], dim=1)
             if i == len(blocks) - 1:
                 last_in = x
-            ckpt = getattr(self, "checkpointing", False)
-            x = run_block(block, x, ckpt) if batch_first else run_block(block, x.transpose(0, 1), ckpt).transpose(0, 1)
+            x = run_block(block, x, self.checkpointing) if batch_first else \
+                run_block(block, x.transpose(0, 1), self.checkpointing).transpose(0, 1)
             if i in self.out_layers:
                 taken[i] = x
         layers = [taken[i][:, -hw:].transpose(1, 2).reshape(b, -1, h, w) for i in self.out_layers]

@@ -83,6 +83,9 @@ class CLIPVisualFeatures(nn.Module):
     mode under ``train()``.
     """
 
+    checkpointing = False  # activation checkpointing of every block (set by CLIPBackbone)
+
+
     def __init__(self, clip_model: nn.Module, out_layers: Sequence[int] | None = None,
                  value_path: str = "maskclip"):
         super().__init__()
@@ -165,7 +168,7 @@ class CLIPVisualFeatures(nn.Module):
         for i, block in enumerate(blocks):
             if i == len(blocks) - 1:
                 last_in = x
-            x = run_block(block, x, getattr(self, "checkpointing", False))
+            x = run_block(block, x, self.checkpointing)
             if i in self.out_layers:
                 taken[i] = x if batch_first else x.transpose(0, 1)
         layers = [taken[i][:, 1:].transpose(1, 2).reshape(B, -1, h, w) for i in self.out_layers]

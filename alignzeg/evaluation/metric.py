@@ -28,7 +28,7 @@ from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
 from alignzeg.engine.checkpoint import first_difference
-from alignzeg.evaluation.confusion import (METRIC_KEYS, confusion_matrix, format_table,
+from alignzeg.evaluation.confusion import (METRIC_KEYS, _is_torch, confusion_matrix, format_table,
                                            metrics_from_confusion, nan_to_none)
 
 JSON_NAME = "zeroshot_metrics.json"
@@ -188,7 +188,7 @@ class ZeroShotIoUMetric(BaseMetric):
     def _counts(self, pairs, samples, num_classes: int) -> np.ndarray:
         """The summed confusion matrix of ``pairs``; a bad label map is named by its sample's image path."""
         if len(pairs) > 1:
-            if all(_is_tensor(p) and _is_tensor(g) and p.shape == g.shape for p, g in pairs):
+            if all(_is_torch(p) and _is_torch(g) and p.shape == g.shape for p, g in pairs):
                 pred = torch.cat([p.reshape(-1) for p, _ in pairs])
                 gt = torch.cat([g.reshape(-1).to(pred.device) for _, g in pairs])
                 try:
@@ -338,10 +338,6 @@ class ZeroShotIoUMetric(BaseMetric):
             flat.update(mIoU_seen_cal=float(curve["S"][i]), mIoU_unseen_cal=float(curve["U"][i]),
                         hIoU_cal=float(curve["hIoU"][i]), gamma_cal=float(cal))
         return summary, flat
-
-
-def _is_tensor(x) -> bool:
-    return isinstance(x, torch.Tensor)
 
 
 def bootstrap_interval(per_image: np.ndarray, classes: Sequence[str], unseen: Sequence[str], samples: int,

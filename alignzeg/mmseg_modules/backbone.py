@@ -64,6 +64,7 @@ class CLIPBackbone(BaseModule):
         self.clip_model = build_clip(model, pretrained, **clip)
         self._tokenizer = None
         self.features = CLIPVisualFeatures(self.clip_model, out_layers=out_layers, value_path=value_path)
+        self.features.checkpointing = self.checkpointing
         self.frozen = bool(frozen)
         self.patch_size = tuple(self.features.patch_size)
         self.embed_dim = int(self.features.embed_dim)
@@ -122,8 +123,7 @@ class CLIPBackbone(BaseModule):
         return self._features(images)
 
     def _features(self, images: torch.Tensor) -> dict:
-        """``self.features(images)`` with the precision and checkpointing switches applied."""
-        self.features.checkpointing = self.checkpointing
+        """``self.features(images)`` under the precision switch (checkpointing is the features' own flag)."""
         if self.precision == "fp32":
             return self.features(images)
         with torch.autocast(device_type=images.device.type, dtype=PRECISIONS[self.precision]):

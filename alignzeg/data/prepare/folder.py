@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from alignzeg.data.prepare.common import (IGNORE, Item, LutMapper, PrepareError, add_common_arguments,
-                                          check_items_exist, convert_items, read_index_png, require_dir,
-                                          require_file)
+                                          check_items_exist, convert_items, lookup_table, read_index_png,
+                                          require_dir, require_file)
 
 SUBSETS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -197,10 +197,7 @@ def run(args) -> int:
     check_items_exist(items)
     mapping = {k: k for k in range(len(classes))}
     mapping[args.ignore_value] = IGNORE
-    lut = np.full(256, IGNORE, dtype=np.int64)
-    for raw, new in mapping.items():
-        lut[raw] = new
-    mapper = LutMapper(lut, tuple(sorted(mapping)))
+    mapper = LutMapper(lookup_table(mapping), tuple(sorted(mapping)))
     split = Split(name=name, classes=tuple(classes), unseen=tuple(unseen), dataset=name, stuff=tuple(stuff),
                   source=f"alignzeg prepare folder: --classes {args.classes}, --unseen {' '.join(unseen)}")
     with atomic_output_dir(args.out) as tmp:
