@@ -11,7 +11,10 @@ and exposes one of three label views, chosen by ``mode``:
 * ``"seen"`` (inductive training): ``metainfo['classes']`` are the seen names; the label map sends
   each full id to its position in the seen list and every unseen id to 255 (images are kept).
 * ``"all"`` (evaluation): all names, labels unchanged.
-* ``"transductive"``: all names (the unseen names are known), unseen pixels become 255, ids unchanged.
+* ``"transductive"``: all names (the unseen names are known), unseen pixels become ``unlabelled_index``
+  (default 255, the ignore value), ids unchanged. Self-training (:mod:`alignzeg.models.self_training`)
+  pseudo-labels those pixels; a value other than 255 (the paper-scale configs use 254) keeps them apart
+  from void pixels, as ZegCLIP's visibility map does.
 
 The pattern follows mmseg's ``BaseSegDataset`` (``datasets/basesegdataset.py``): a class-level
 ``METAINFO`` with the full class list and palette, the classes of a run overridden through
@@ -81,8 +84,10 @@ class _CheckSample:
     Costs one ``bincount`` of the ``uint8`` label map per sample.
     """
 
-    def __init__(self, num_classes: int, num_full: int, ignore_index: int, owner: str) -> None:
+    def __init__(self, num_classes: int, num_full: int, ignore_index: int, owner: str,
+                 unlabelled_index: int | None = None) -> None:
         self.num_classes, self.num_full, self.ignore_index, self.owner = num_classes, num_full, ignore_index, owner
+        self.allowed = {ignore_index} | ({unlabelled_index} if unlabelled_index is not None else set())
 
     def _fail(self, msg: str):
         raise BadSampleError(f"{self.owner}: {msg}")
@@ -107,7 +112,7 @@ class _CheckSample:
                            f"{hw[1]}x{hw[0]}")
         counts = np.bincount(np.asarray(seg, dtype=np.uint8).ravel(), minlength=256)
         values = np.flatnonzero(counts)
-        bad = [int(v) for v in values if v >= self.num_classes and v != self.ignore_index]
+        bad = [int(v) for v in values if v >= self.num_classes and int(v) not in self.allowed]
         if bad:
             self._fail(f"label file {label} holds values {bad[:10]} outside the label range 0..{self.num_full - 1} "
                        f"({self.num_full} classes) and {self.ignore_index} (ignore)")
@@ -136,7 +141,9 @@ def _guard_pipeline(dataset: "ZeroShotSegDataset") -> None:
             loads.append(i)
     if any(transforms[i].key == "seg_map_path" for i in loads):
         transforms.insert(max(loads) + 1, _CheckSample(len(dataset.metainfo["classes"]), len(dataset.split.classes),
-                                                       dataset.ignore_index, owner))
+                                                       dataset.ignore_index, owner,
+                                                       dataset.unlabelled_index if dataset.mode == "transductive"
+                                                       else None))
 
 
 def _generated_palette(n: int) -> list[list[int]]:
@@ -180,6 +187,7 @@ class ZeroShotSegDataset(BaseSegDataset):
             a :class:`~alignzeg.splits.Split` or a split dict. Default: ``data_root/split.json`` when
             present, else the class's ``DEFAULT_SPLIT``.
         mode: ``"seen"``, ``"all"`` or ``"transductive"`` (see the module docstring).
+        unlabelled_index: mode ``"transductive"``: the value of unseen pixels (default 255 = ignore).
         data_prefix: folders of images and labels; default ``images/train`` + ``annotations/train``,
             or ``images/val`` + ``annotations/val`` when ``test_mode`` is true.
         img_suffix: one suffix or a tuple of accepted image suffixes (default ``.jpg .jpeg .png``).
@@ -195,6 +203,7 @@ class ZeroShotSegDataset(BaseSegDataset):
     DEFAULT_SPLIT: str | None = None
 
     def __init__(self, split: str | os.PathLike | Split | dict | None = None, mode: str = "all", *,
+                 unlabelled_index: int = 255,
                  data_root: str | None = None, data_prefix: dict | None = None,
                  img_suffix: str | Sequence[str] = IMG_SUFFIXES, seg_map_suffix: str = ".png",
                  metainfo: dict | None = None, test_mode: bool = False, check_samples: bool = True,
@@ -205,7 +214,17 @@ class ZeroShotSegDataset(BaseSegDataset):
         if data_root is not None and not osp.isdir(data_root):
             raise FileNotFoundError(f"{name}: data_root folder not found: {data_root}")
         self.mode = mode
+        if isinstance(unlabelled_index, bool) or not isinstance(unlabelled_index, int) \
+                or not 0 <= unlabelled_index <= 255:
+            raise ValueError(f"{name}: unlabelled_index must be an integer in 0..255, got {unlabelled_index!r}")
+        if unlabelled_index != 255 and mode != "transductive":
+            raise ValueError(f"{name}: unlabelled_index={unlabelled_index} is only used in mode 'transductive' "
+                             f"(mode is {mode!r})")
+        self.unlabelled_index = int(unlabelled_index)
         self.split = self._resolve_split(split, data_root)
+        if self.unlabelled_index < len(self.split.classes):
+            raise ValueError(f"{name}: unlabelled_index={self.unlabelled_index} is a class id of split "
+                             f"{self.split.name!r} ({len(self.split.classes)} classes)")
         if data_prefix is None:
             subset = "val" if test_mode else "train"
             data_prefix = dict(img_path=f"images/{subset}", seg_map_path=f"annotations/{subset}")
@@ -283,7 +302,7 @@ class ZeroShotSegDataset(BaseSegDataset):
         if self.mode == "seen":
             pos = {c: i for i, c in enumerate(split.seen)}
             return {i: pos.get(c, ignore) for i, c in enumerate(split.classes)}
-        return {i: ignore for i in split.unseen_ids}   # transductive: other ids unchanged
+        return {i: self.unlabelled_index for i in split.unseen_ids}   # transductive: other ids unchanged
 
     # -- file list -------------------------------------------------------------------------------
     def load_data_list(self) -> list[dict]:

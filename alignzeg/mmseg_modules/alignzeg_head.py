@@ -64,7 +64,7 @@ class AlignZegHead(BaseModule):
 
     def loss(self, inputs: dict, text_embeds: Tensor, batch_data_samples, train_cfg=None) -> dict:
         targets = [self._targets(ds, text_embeds.shape[0]) for ds in batch_data_samples]
-        return self.model.loss(inputs, text_embeds, targets)
+        return self.model.loss(inputs, text_embeds, targets, seen_mask=(self.vocab_info or {}).get("seen_mask"))
 
     @property
     def last_aux(self) -> dict:

@@ -15,6 +15,9 @@ whole and slide inference / ``postprocess_result``. What differs:
   dataset name, and slide inference does not mutate the caller's image metas.
 - Inputs whose sides are not multiples of the CLIP patch size are padded (bottom/right) before the head
   and the logits cropped back.
+- ``self_training=dict(...)`` (transductive; :mod:`alignzeg.models.self_training`, ZegCLIP's rule):
+  ``loss`` first scores the training crop with the head's ``predict`` on the same features (no
+  gradient) and gives every unlabelled pixel its best unseen class before the head's loss.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig, OptSampleList
 from torch import Tensor
 
 from alignzeg.mmseg_modules.backbone import clip_of
+from alignzeg.models.self_training import check_config as check_self_training
+from alignzeg.models.self_training import pseudo_label_share, pseudo_labels
 from alignzeg.splits import Split, load_split
 
 VOCABULARIES = ("seen", "all")
@@ -49,12 +54,17 @@ class ZeroShotEncoderDecoder(BaseSegmentor):
             ``cache_dir``, ``cache_key``.
         train_vocabulary: 'seen' (inductive; training labels in seen-index space) or 'all' (transductive;
             labels in the full space with unseen pixels ignored).
+        self_training: None (no pseudo-labels) or ``dict(unlabelled_index=255, threshold=None)``: the
+            transductive self-training of :mod:`alignzeg.models.self_training`; needs
+            ``train_vocabulary='all'`` and a training dataset in mode 'transductive' whose unseen pixels
+            carry ``unlabelled_index``.
         train_cfg, test_cfg: passed to the head; ``test_cfg.mode`` 'whole' or 'slide' (with ``crop_size``
             and ``stride`` as (h, w)).
     """
 
     def __init__(self, backbone: ConfigType, decode_head: ConfigType, split: str,
                  text: Optional[dict] = None, train_vocabulary: str = "seen",
+                 self_training: Optional[dict] = None,
                  train_cfg: OptConfigType = None, test_cfg: OptConfigType = None,
                  data_preprocessor: OptConfigType = None, init_cfg: OptMultiConfig = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
@@ -69,6 +79,14 @@ class ZeroShotEncoderDecoder(BaseSegmentor):
         if not self.split.seen:
             raise ValueError(f"split {self.split.name!r}: no seen classes to train on")
         self.train_vocabulary = train_vocabulary
+        self.self_training = check_self_training(self_training, "ZeroShotEncoderDecoder: self_training")
+        if self.self_training is not None:
+            if train_vocabulary != "all":
+                raise ValueError("ZeroShotEncoderDecoder: self_training needs train_vocabulary='all' (the unseen "
+                                 f"names must be in the training vocabulary), got {train_vocabulary!r}")
+            if not self.split.unseen:
+                raise ValueError(f"ZeroShotEncoderDecoder: self_training with split {self.split.name!r}, "
+                                 f"which has no unseen classes")
         self.text_cfg = dict(templates="vild", cache_dir=None, cache_key="")
         if text:
             unknown = set(text) - set(self.text_cfg)
@@ -242,9 +260,10 @@ class ZeroShotEncoderDecoder(BaseSegmentor):
         which = self._active(self.train_vocabulary)
         text = self._prepare_head(which)
         num = text.shape[0]
+        unlabelled = self.self_training["unlabelled_index"] if self.self_training is not None else 255
         for ds in data_samples:
             labels = ds.gt_sem_seg.data
-            bad = labels[(labels != 255) & ((labels < 0) | (labels >= num))]
+            bad = labels[(labels != 255) & (labels != unlabelled) & ((labels < 0) | (labels >= num))]
             if bad.numel():
                 raise ValueError(
                     f"training labels {sorted(set(bad.unique().tolist()))[:5]} are outside the {which!r} "
@@ -255,8 +274,31 @@ class ZeroShotEncoderDecoder(BaseSegmentor):
             raise ValueError(f"training crop {tuple(inputs.shape[-2:])} is not a multiple of the CLIP patch "
                              f"size {self.backbone.patch_size}; set the data preprocessor's size/size_divisor")
         feats = self.extract_feat(inputs)
+        extra = {}
+        if self.self_training is not None:
+            extra["pseudo_share"] = self._pseudo_label(feats, text, data_samples)
         losses = self.decode_head.loss(feats, text, data_samples, self.train_cfg)
-        return {f"decode.{k}": v for k, v in losses.items()}
+        out = {f"decode.{k}": v for k, v in losses.items()}
+        out.update({k: torch.tensor(v, device=inputs.device) for k, v in extra.items()})
+        return out
+
+    def _pseudo_label(self, feats: dict, text: Tensor, data_samples: SampleList) -> float:
+        """Replace each sample's unlabelled pixels by pseudo-labels (in place); the share labelled."""
+        st = self.self_training
+        images = feats["images"]
+        metas = [ds.metainfo for ds in data_samples]
+        with torch.no_grad():
+            scores = self.decode_head.predict(feats, text, metas, self.test_cfg)
+            if scores.shape[-2:] != images.shape[-2:]:
+                scores = F.interpolate(scores, size=images.shape[-2:], mode="bilinear",
+                                       align_corners=self.align_corners)
+        unseen = [i for i, c in enumerate(self.vocabulary_names("all")) if c not in set(self.split.seen)]
+        before = torch.stack([ds.gt_sem_seg.data for ds in data_samples])           # B×1×H×W
+        after = pseudo_labels(scores.float(), before.to(scores.device), unseen, st["unlabelled_index"], 255,
+                              st["threshold"]).to(before.device, before.dtype)
+        for b, ds in enumerate(data_samples):
+            ds.gt_sem_seg.data = after[b]
+        return pseudo_label_share(before, after, st["unlabelled_index"], 255)
 
     def predict(self, inputs: Tensor, data_samples: OptSampleList = None) -> SampleList:
         if data_samples is not None:

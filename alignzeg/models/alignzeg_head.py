@@ -222,10 +222,13 @@ def semantic_inference(class_logits: Tensor, mask_logits: Tensor) -> Tensor:
 
 
 def indicator_targets(pred_masks: Tensor, indices: Sequence[tuple[Tensor, Tensor]], targets: Sequence[dict],
-                      rule: str, ignore_ratio: float, mask_threshold: float) -> tuple[Tensor, Tensor]:
+                      rule: str, ignore_ratio: float, mask_threshold: float,
+                      class_seen: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Surrogate labels of the class indicator for the *real* proposals (B×Q).
 
-    Matched proposals -> 0 ("seen"). Under a rule containing ``ignore``: an unmatched proposal whose
+    Matched proposals -> 0 ("seen"); with ``class_seen`` (C bool, the training vocabulary's seen mask)
+    a proposal matched to an unseen class -> 1 (transductive self-training, where pseudo-labels of unseen
+    classes are matched; in inductive training every matched class is seen). Under a rule containing ``ignore``: an unmatched proposal whose
     binarised mask (``sigmoid > mask_threshold``, at the prediction's resolution) has at least
     ``ignore_ratio`` of its area on ignore pixels (``targets[b]['ignore']``, H×W bool; in inductive
     training unseen-class pixels are ignore) -> 1 ("potentially unseen"). Every other proposal is not
@@ -235,8 +238,12 @@ def indicator_targets(pred_masks: Tensor, indices: Sequence[tuple[Tensor, Tensor
     bsz, nq = pred_masks.shape[:2]
     labels = pred_masks.new_zeros((bsz, nq), dtype=torch.float32)
     valid = torch.zeros((bsz, nq), dtype=torch.bool, device=pred_masks.device)
-    for b, (src, _) in enumerate(indices):
-        valid[b, src.to(valid.device)] = True
+    for b, (src, tgt) in enumerate(indices):
+        src = src.to(valid.device)
+        valid[b, src] = True
+        if class_seen is not None and src.numel():
+            cls = targets[b]["labels"].to(valid.device)[tgt.to(valid.device)].long()
+            labels[b, src] = (~class_seen.to(valid.device)[cls]).float()
     if "ignore" in rule.split("+"):
         with torch.no_grad():
             binary = (pred_masks.detach().float().sigmoid() > mask_threshold).float()  # B×Q×h×w
@@ -490,9 +497,11 @@ class SideAdapterParent(nn.Module):
             last_indices = indices
         return losses, last_indices
 
-    def loss(self, feats: Mapping, text_embeds: Tensor, targets: Sequence[dict]) -> dict:
+    def loss(self, feats: Mapping, text_embeds: Tensor, targets: Sequence[dict],
+             seen_mask: Tensor | None = None) -> dict:
         """Training losses. ``targets``: per image ``dict(labels=K long (index into text_embeds),
-        masks=K×H×W bool, ignore=H×W bool (needed by the PBC 'ignore' rule))``."""
+        masks=K×H×W bool, ignore=H×W bool (needed by the PBC 'ignore' rule))``. ``seen_mask`` (C bool)
+        is read by AlignZeg's class indicator only."""
         out = self.forward(feats, text_embeds)
         losses, _ = self.mask_class_losses(out, targets)
         return losses
@@ -595,7 +604,7 @@ class AlignZeg(SideAdapterParent):
                                      self.pbc_cfg["threshold"], self.pbc_cfg["strength"])
 
     def loss(self, feats: Mapping, text_embeds: Tensor, targets: Sequence[dict],
-             generator: torch.Generator | None = None) -> dict:
+             seen_mask: Tensor | None = None, generator: torch.Generator | None = None) -> dict:
         out = self.forward(feats, text_embeds)
         losses, indices = self.mask_class_losses(out, targets)
         lw = self.loss_cfg
@@ -630,8 +639,12 @@ class AlignZeg(SideAdapterParent):
         if self.pbc:
             rule = self.pbc_cfg["label_rule"]
             parts = rule.split("+")
+            class_seen = None
+            if seen_mask is not None and not bool(seen_mask.all()):
+                class_seen = seen_mask.to(torch.bool)
             labels, valid = indicator_targets(out["pred_masks"], indices, targets, rule,
-                                              self.pbc_cfg["ignore_ratio"], self.pbc_cfg["mask_threshold"])
+                                              self.pbc_cfg["ignore_ratio"], self.pbc_cfg["mask_threshold"],
+                                              class_seen)
             inputs = [z[valid]]
             ys = [labels[valid]]
             if "virtual" in parts and virtual.shape[0]:

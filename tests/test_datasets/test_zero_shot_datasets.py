@@ -99,6 +99,27 @@ def test_voc_seen_and_transductive(tmp_path):
     assert seen.metainfo["classes"] == voc.seen and len(seen.metainfo["classes"]) == 15
 
 
+def test_transductive_unlabelled_index_keeps_unseen_pixels_apart_from_void(tmp_path):
+    voc = load_split("voc12-15s5u")
+    lab = np.array([[0, 14, 15, 16], [17, 18, 19, 255], [10, 11, 12, 13]], dtype=np.uint8)
+    root = make_prepared(tmp_path / "voc", split=voc, train=lab, val=lab, img_ext=".png")
+    trans = zsd.VOCZSDataset(data_root=str(root), mode="transductive", unlabelled_index=254, pipeline=PIPELINE)
+    exp = lab.copy()
+    exp[(lab >= 15) & (lab <= 19)] = 254      # the five unseen classes: unlabelled, not void
+    np.testing.assert_array_equal(trans[0]["gt_seg_map"], exp)
+    assert trans[0]["gt_seg_map"][1, 3] == 255   # the void pixel stays void
+    with pytest.raises(ValueError, match="only used in mode 'transductive'"):
+        zsd.VOCZSDataset(data_root=str(root), mode="seen", unlabelled_index=254, pipeline=PIPELINE)
+    with pytest.raises(ValueError, match="is a class id"):
+        zsd.VOCZSDataset(data_root=str(root), mode="transductive", unlabelled_index=3, pipeline=PIPELINE)
+    # a raw 254 in a label file is still refused in the other views
+    bad = lab.copy()
+    bad[0, 0] = 254
+    root2 = make_prepared(tmp_path / "voc2", split=voc, train=bad, val=bad, img_ext=".png")
+    with pytest.raises(zsd.BadSampleError, match="254"):
+        zsd.VOCZSDataset(data_root=str(root2), mode="all", pipeline=PIPELINE)[0]
+
+
 def test_class_lists_match_mmseg():
     from mmseg.datasets import COCOStuffDataset, PascalContextDataset59, PascalVOCDataset
 
