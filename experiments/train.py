@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                         help="resume training: from CHECKPOINT, or (no value) from the last checkpoint in the "
                              "work dir; starts from scratch when there is none")
+    parser.add_argument("--load-from", default=None, metavar="CHECKPOINT",
+                        help="start from these weights (a new run: iteration 0, new optimizer); transductive "
+                             "self-training configs need the inductive checkpoint here, and every weight of "
+                             "the model must then come from it")
     parser.add_argument("--seed", type=int, default=None, help="random seed (sets randomness.seed)")
     parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN/torch algorithms")
     parser.add_argument("--amp", action="store_true", help="automatic mixed precision (AmpOptimWrapper)")
@@ -213,6 +217,8 @@ def config_inputs(cfg) -> dict:
     clip = ((model.get("backbone") or {}).get("clip") or {})
     if clip.get("pretrained"):
         found["clip"] = clip["pretrained"]
+    if cfg.get("load_from") and osp.isfile(str(cfg.load_from)):
+        found["init"] = cfg.load_from    # the weights a self-training run starts from
     return found
 
 
@@ -228,6 +234,13 @@ def add_run_state(cfg) -> dict:
     fp = run_fingerprint(cfg, seed, config_inputs(cfg), ignore=("model.text.cache_dir",))
     set_run_state_hook(cfg, fp)
     return fp
+
+
+def add_init_check(cfg, checkpoint) -> None:
+    """Add :class:`alignzeg.engine.hooks.InitCheckpointHook`: the run must start from ``checkpoint``."""
+    hooks = [h for h in (cfg.get("custom_hooks") or []) if h.get("type") != "InitCheckpointHook"]
+    hooks.append(dict(type="InitCheckpointHook", checkpoint=str(checkpoint)))
+    cfg.custom_hooks = hooks
 
 
 def set_run_state_hook(cfg, fingerprint: dict | None) -> None:
@@ -264,6 +277,20 @@ def run(args: argparse.Namespace) -> int:
         cfg.resume = True
         cfg.load_from = args.resume
 
+    if args.load_from is not None:
+        if args.resume is not None:
+            raise SystemExit("--load-from and --resume exclude each other (resume continues a run; load-from "
+                             "starts a new one from other weights)")
+        if not osp.isfile(args.load_from):
+            raise SystemExit(f"--load-from: checkpoint not found: {args.load_from}")
+        cfg.load_from = args.load_from
+    if (cfg.model.get("self_training") is not None and not cfg.get("load_from")
+            and args.resume is None):
+        raise SystemExit(f"{args.config}: model.self_training is set, and self-training starts from the "
+                         f"inductive checkpoint (ZegCLIP's recipe): pass --load-from CHECKPOINT (the model.pth "
+                         f"or iter_N.pth of the inductive run of the same method and split)")
+    if cfg.get("load_from") and not cfg.get("resume"):
+        add_init_check(cfg, cfg.load_from)
     if cfg.get("val_evaluator") is not None:
         set_metric_output_dir(cfg.val_evaluator, cfg.work_dir, overwrite=False)
     add_run_state(cfg)

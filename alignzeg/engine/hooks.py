@@ -142,3 +142,41 @@ class RunStateHook(Hook):
         if self._pending_rng is not None:
             set_rng_state(self._pending_rng)
             self._pending_rng = None
+
+
+@HOOKS.register_module()
+class InitCheckpointHook(Hook):
+    """Check, before the first iteration, that the model holds every weight of ``checkpoint``.
+
+    mmengine's ``load_from`` loads non-strictly: a key missing from the file, or a parameter of another
+    shape, leaves that part at its random initialisation and training goes on. A run that must start
+    from another run's weights (transductive self-training starts from the inductive checkpoint, as
+    ZegCLIP does) adds this hook: at ``before_train`` of a run that starts at iteration 0, every
+    parameter and persistent buffer of the model must be present in the file and equal to it, else a
+    ValueError names the file and the first differing keys. A resumed run (iteration > 0) is not
+    checked: its weights come from its own last checkpoint.
+    """
+
+    priority = "LOW"
+
+    def __init__(self, checkpoint: str) -> None:
+        self.checkpoint = str(checkpoint)
+
+    def before_train(self, runner) -> None:
+        import torch
+
+        if runner.iter > 0:
+            return
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        state = load_checkpoint_file(self.checkpoint).get("state_dict")
+        if not isinstance(state, dict):
+            raise ValueError(f"{self.checkpoint}: no state_dict to start from")
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        differ = sorted(k for k in own if k in state and (state[k].shape != own[k].shape
+                                                          or not torch.equal(state[k].to(own[k].device), own[k])))
+        if missing or differ:
+            raise ValueError(f"{self.checkpoint}: the model does not start from this checkpoint: "
+                             f"{len(missing)} keys missing from the file {missing[:5]}, {len(differ)} loaded keys "
+                             f"differ {differ[:5]} (another method or config?)")
+        print_log(f"started from {self.checkpoint} ({len(own)} keys, all equal)", logger="current")

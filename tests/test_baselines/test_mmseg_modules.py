@@ -65,7 +65,7 @@ def make_batch(num=2, size=64, num_labels=4, seed=0):
 
 
 def test_every_baseline_config_parses_and_names_registered_types():
-    assert len(ALL_CONFIGS) == 10, ALL_CONFIGS  # 5 ZegCLIP + 5 two-stage (tiny + 4 dataset splits); never empty
+    assert len(ALL_CONFIGS) == 20, ALL_CONFIGS  # ZegCLIP and two-stage: (tiny + 4 dataset splits) x {inductive, -st}
     for path in ALL_CONFIGS:
         cfg = Config.fromfile(str(path))
         assert cfg.custom_imports.imports == ["alignzeg.mmseg_modules", "baselines.mmseg_modules"], path
@@ -73,7 +73,10 @@ def test_every_baseline_config_parses_and_names_registered_types():
         head = MODELS.build(cfg.model.decode_head)  # heads are cheap to build at full size
         assert isinstance(head, (ZegCLIPHead, TwoStageHead)), path
         method, backbone, gpus_batch_iters, data_split_crop = path.stem.split("_")
-        assert method in ("zegclip", "two-stage") and backbone in ("tiny-vit", "vit-b16"), path
+        st = method.endswith("-st")
+        assert method.removesuffix("-st") in ("zegclip", "two-stage") and backbone in ("tiny-vit", "vit-b16"), path
+        assert (cfg.model.get("self_training") is not None) == st, path
+        assert cfg.train_dataloader.dataset.mode == ("transductive" if st else "seen"), path
         gpus, rest = gpus_batch_iters.split("xb")
         batch, iters = rest.split("-")
         assert cfg.train_dataloader.batch_size == int(batch), path
