@@ -328,7 +328,11 @@ def published_hiou_consistent(s: float, u: float, h: float, decimals: int = 1) -
 
 
 def published_section(paper: dict[str, Any], summary: dict[str, Any], main: pd.DataFrame,
-                      dataset: str | None, setting: str, d: int = 2) -> str:
+                      dataset: str | None, setting: str, d: int = 2,
+                      transductive: pd.DataFrame | None = None) -> str:
+    """Every published row beside this suite's reproduction of it: inductive rows against the main table,
+    transductive rows against the self-trained runs (``transductive``; with ``setting='transductive'`` the
+    main runs themselves are the transductive ones)."""
     datasets, sources = paper.get("datasets") or {}, paper.get("sources") or {}
     ours_key = match_dataset(dataset, datasets)
     lines = ["## Published numbers", ""]
@@ -359,10 +363,13 @@ def published_section(paper: dict[str, Any], summary: dict[str, Any], main: pd.D
             notes.append(f"{r.get('display', r['method'])} {ds} {r['setting']}: {r['note']}")
         cells = [r.get("display", r["method"]), r.get("backbone", ""), ds, r["setting"],
                  f"{r['S']:.1f}", f"{r['U']:.1f}", h_cell, src_md]
-        if ours_key != r["dataset"] or r["setting"] != setting:
+        tables = {setting: main}
+        if setting == "inductive" and transductive is not None and not transductive.empty:
+            tables["transductive"] = transductive
+        if ours_key != r["dataset"] or r["setting"] not in tables:
             cells += ["no run on this dataset" if ours_key != r["dataset"] else f"no {r['setting']} run on this dataset", DASH]
         else:
-            row = _find_method(main, r["method"], r.get("display"))
+            row = _find_method(tables[r["setting"]], r["method"], r.get("display"))
             if row is None:
                 cells += [f"no run of {r.get('display', r['method'])} on this dataset", DASH]
             else:
@@ -418,6 +425,36 @@ def _find_method(main: pd.DataFrame, key: str, display: str | None):
     return None
 
 
+def transductive_section(analysis: Path, summary: dict[str, Any], d: int = 2) -> list[str]:
+    """The self-trained runs: their own table (never mixed with the inductive rows) and what
+    self-training changed per method, seed by seed."""
+    L = ["## Transductive setting (self-training)", ""]
+    L += ["Each inductive run above, trained further with the unseen class names known and pseudo-labels for "
+          "the unseen classes on the unlabelled pixels (ZegCLIP's rule, `alignzeg/models/self_training.py`; "
+          "params `self_train`). These runs see the unlabelled unseen pixels of the training images, so they "
+          "are a different protocol: compare them with each other, with the inductive run they start from "
+          "(last table) and with the published transductive numbers, never with the inductive rows.", ""]
+    L += [(analysis / "transductive_table.md").read_text().rstrip(), ""]
+    effect = summary.get("self_training_effect") or []
+    names = (summary.get("settings") or {}).get("names") or {}
+    said = []
+    for m in dict.fromkeys(e["method"] for e in effect):
+        rows = {e["metric"]: e for e in effect if e["method"] == m}
+        h = rows.get("hIoU")
+        if h is None:
+            continue
+        verdict = ("no measurable difference" if not h["significant"] else
+                   ("higher" if h["diff_mean"] > 0 else "lower"))
+        u = rows.get("mIoU_unseen")
+        part = f"{names.get(m, m)}: hIoU {h['diff_mean']:+.{d}f} ({verdict})"
+        if u is not None:
+            part += f", unseen {u['diff_mean']:+.{d}f}"
+        said.append(part)
+    if said:
+        L += ["Self-trained minus inductive, per method: " + "; ".join(said) + ".", ""]
+    return L
+
+
 # --------------------------------------------------------------------------------------------- report
 def build_report(analysis: str | Path, out: str | Path, paper_table: str | Path = PAPER_TABLE,
                  dataset: str | None = None, setting: str | None = None, title: str | None = None,
@@ -440,8 +477,10 @@ def build_report(analysis: str | Path, out: str | Path, paper_table: str | Path 
     runs = summary.get("runs") or []
     n_main = sum(1 for r in runs if r["group"] == "main")
     n_abl = sum(1 for r in runs if r["group"] == "ablation")
+    n_st = sum(1 for r in runs if r["group"] == "transductive")
     L = [f"# {title or 'Zero-shot segmentation results'}", ""]
-    L += [f"Runs: {n_main} main-method run(s)" + (f" and {n_abl} ablation run(s)" if n_abl else "")
+    L += [f"Runs: {n_main} main-method run(s)" + (f", {n_abl} ablation run(s)" if n_abl else "")
+          + (f", {n_st} self-trained (transductive) run(s)" if n_st else "")
           + f" from `{summary.get('results', '?')}`; dataset `{dataset or 'unnamed'}`, {setting} setting. "
           "All numbers are percentages; in the tables and the text ± is the half-width of the 95 % "
           "Student-t interval over seeds (figure captions say where error bars are sample standard "
@@ -464,6 +503,11 @@ def build_report(analysis: str | Path, out: str | Path, paper_table: str | Path 
         L += [f"Rows: the parent (all of {', '.join(COMPONENT_LABELS.values())} off), each component added "
               "alone, each removed from the full model, and the full model. " + ablation_paragraph(abl, d), ""]
 
+    trans = (pd.read_csv(analysis / "transductive_table.csv") if (analysis / "transductive_table.csv").is_file()
+             else pd.DataFrame())
+    if not trans.empty:
+        L += transductive_section(analysis, summary, d)
+
     if figures:
         L += ["## Figures", ""]
         for fid, fig in figures.items():
@@ -480,7 +524,7 @@ def build_report(analysis: str | Path, out: str | Path, paper_table: str | Path 
 
     if bench is not None:
         L += [cost_section(_read_json(Path(bench)), Path(os.path.relpath(Path(bench).parent, out.parent)))]
-    L += [published_section(load_paper_table(paper_table), summary, main, dataset, setting, d)]
+    L += [published_section(load_paper_table(paper_table), summary, main, dataset, setting, d, trans)]
     text = "\n".join(L).rstrip() + "\n"
     atomic_write_text(out, text)
     html = out.with_suffix(".html")

@@ -55,6 +55,7 @@ PROTOCOL_FILE = "protocol.json"   # {"uses_unseen_locations": bool}, written by 
 SCORES_FILE = "scores.npz"
 COMPONENTS_FILE = "components.json"
 ABLATION_DIR = "ablation"
+TRANSDUCTIVE_DIR = "transductive"   # self-trained runs (group "transductive"), kept apart from the inductive rows
 ORACLE_DIR = "oracle"        # the oracle ceilings of a study (experiments.pipeline oracle); not a run
 COMPONENTS = ("mrpe", "fes", "bds", "pbc")
 COMPONENT_LABELS = {"mrpe": "MRPE", "fes": "FES", "bds": "BDS", "pbc": "PBC"}
@@ -84,7 +85,7 @@ DASH = "–"
 # --------------------------------------------------------------------------------------------- runs
 @dataclass
 class Run:
-    """One evaluated run: ``group`` is "main" or "ablation"; ``method`` is the folder name."""
+    """One evaluated run: ``group`` is "main", "ablation" or "transductive"; ``method`` is the folder name."""
 
     group: str
     method: str
@@ -222,6 +223,10 @@ def discover_runs(results: str | Path) -> list[Run]:
                     continue
                 runs += _seed_runs(variant_dir, "ablation", variant_dir.name, comps)
             continue
+        if method_dir.name == TRANSDUCTIVE_DIR:
+            for sub in sorted(p for p in method_dir.iterdir() if p.is_dir()):
+                runs += _seed_runs(sub, "transductive", sub.name)
+            continue
         found = _seed_runs(method_dir, "main", method_dir.name)
         if not found:
             log.info("%s: no seed<k>/%s, not a method folder", method_dir, METRICS_FILE)
@@ -280,11 +285,21 @@ def declared_runs(params: dict[str, Any], source: str = "params") -> list[tuple[
     runs = [("main", m, s) for m in methods for s in seeds]
     runs += [("main", m, 0) for m in training_free]
     runs += [("ablation", v, s) for v in variants for s in seeds]
+    st = params.get("self_train") or {}
+    if not isinstance(st, dict):
+        raise RunSetError(f"{source}: section 'self_train' must be a mapping, got {st!r}")
+    runs += [("transductive", m, s) for m in _str_list(st.get("methods") or [], "self_train.methods", source)
+             for s in seeds]
+    for where, names in (("evaluate.methods", methods), ("evaluate.training_free", training_free)):
+        if TRANSDUCTIVE_DIR in names:
+            raise RunSetError(f"{source}: {where} names '{TRANSDUCTIVE_DIR}', the folder reserved for "
+                              f"self-trained runs")
     return list(dict.fromkeys(runs))
 
 
 def _run_folder(results: Path, group: str, method: str, seed: int) -> Path:
-    return (results / ABLATION_DIR if group == "ablation" else results) / method / f"seed{seed}"
+    sub = {"ablation": ABLATION_DIR, "transductive": TRANSDUCTIVE_DIR}.get(group)
+    return (results / sub if sub else results) / method / f"seed{seed}"
 
 
 def load_declared_runs(results: str | Path, declared: Iterable[tuple[str, str, int]],
@@ -318,7 +333,7 @@ def load_declared_runs(results: str | Path, declared: Iterable[tuple[str, str, i
     if missing or undeclared:
         lines = [f"--results {results}: the runs there are not the runs {source} declares "
                  "(evaluate.methods x base.seeds, evaluate.training_free x seed 0, "
-                 "ablate.variants and ablate.from_main x base.seeds)"]
+                 "ablate.variants and ablate.from_main x base.seeds, self_train.methods x base.seeds)"]
         if missing:
             lines.append(f"  {len(missing)} declared run(s) without {METRICS_FILE}:")
             lines += [f"    {p}" for p in missing]
@@ -340,7 +355,7 @@ def load_declared_runs(results: str | Path, declared: Iterable[tuple[str, str, i
             for folder, (group, method, seed) in expected.items()]
     # the order discover_runs gives: folder names under results, "ablation" sorted among the methods
     return sorted(runs, key=lambda r: (r.method, "", r.seed) if r.group == "main"
-                  else (ABLATION_DIR, r.method, r.seed))
+                  else ({"ablation": ABLATION_DIR}.get(r.group, TRANSDUCTIVE_DIR), r.method, r.seed))
 
 
 # --------------------------------------------------------------------------------------------- tables
@@ -770,6 +785,51 @@ def paired_differences(tidy: pd.DataFrame, ours: str | None, methods: Iterable[s
     return pd.DataFrame(rows)
 
 
+def setting_differences(tidy: pd.DataFrame, methods: Iterable[str]) -> pd.DataFrame:
+    """What self-training changes: per method, its transductive run minus its inductive run of the same
+    seed (the self-trained run starts from that one), on S, U and hIoU, with the 95 % Student-t interval
+    of the paired differences; ``significant`` is False when the interval contains zero."""
+    rows = []
+    for m in methods:
+        for metric in ("mIoU_seen", "mIoU_unseen", "hIoU"):
+            def per_seed(group: str) -> pd.Series:
+                sel = tidy[(tidy["group"] == group) & (tidy["method"] == m) & (tidy["metric"] == metric)]
+                return sel.set_index("seed")["value"]
+            a, b = per_seed("transductive"), per_seed("main")
+            common = a.index.intersection(b.index)
+            if len(common) == 0:
+                continue
+            d = (a.loc[common] - b.loc[common]).to_numpy(dtype=float)
+            std = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
+            half = ci95(std, len(d))
+            rows.append({"method": m, "metric": metric, "n": int(len(d)), "diff_mean": float(d.mean()),
+                         "diff_std": std, "diff_ci95": half,
+                         "significant": bool(math.isfinite(half) and abs(float(d.mean())) > half)})
+    return pd.DataFrame(rows)
+
+
+def setting_markdown(table: pd.DataFrame, names: dict[str, str], decimals: int = 2) -> str:
+    if table.empty:
+        return ""
+    lines = ["| Self-trained minus inductive | Δ S | Δ U | Δ hIoU | seeds |", "|---|---:|---:|---:|---:|"]
+    for m, g in table.groupby("method", sort=False):
+        cells = []
+        for metric in ("mIoU_seen", "mIoU_unseen", "hIoU"):
+            r = g[g["metric"] == metric]
+            if r.empty:
+                cells.append(DASH)
+                continue
+            r = r.iloc[0]
+            cell = f"{r['diff_mean']:+.{decimals}f}" + (f" ± {r['diff_ci95']:.{decimals}f}"
+                                                        if math.isfinite(r["diff_ci95"]) else "")
+            cells.append(cell + ("" if r["significant"] else " (n.s.)"))
+        lines.append(f"| {names.get(m, m)} | {' | '.join(cells)} | {int(g['n'].max())} |")
+    lines.append("")
+    lines.append("Per seed, the self-trained run minus the inductive run it starts from; mean ± half-width of the "
+                 "95 % Student-t interval; (n.s.) = the interval contains zero: no measurable difference.")
+    return "\n".join(lines) + "\n"
+
+
 def paired_markdown(table: pd.DataFrame, names: dict[str, str], decimals: int = 2) -> str:
     if table.empty:
         return ""
@@ -1058,6 +1118,15 @@ def analyse(results: str | Path, out: str | Path, settings: Settings | None = No
     loc_table = main_table(tidy[tidy["method"].isin(loc_methods)], st.names, loc_methods) if loc_methods \
         else pd.DataFrame()
     abl = ablation_table(runs, tidy)
+    trans_methods = ordered_methods([r.method for r in runs if r.group == "transductive"], st.names)
+    trans_table = pd.DataFrame()
+    if trans_methods:
+        trans_boots = {r.method: [r.metrics["bootstrap"]] for r in runs
+                       if r.group == "transductive" and r.metrics.get("bootstrap")}
+        trans_table = main_table(tidy, st.names, trans_methods, group="transductive", bootstraps=trans_boots)
+        trans_table = add_calibrated_rows(trans_table, tidy, [m for m in st.calibrated if m in trans_methods],
+                                          group="transductive")
+    st_effect = setting_differences(tidy, trans_methods)
     shares = unseen_to_seen_shares(runs)
     summary: dict[str, Any] = {
         "results": str(results),
@@ -1073,6 +1142,9 @@ def analyse(results: str | Path, out: str | Path, settings: Settings | None = No
         "uses_unseen_locations": loc_methods,
         "unseen_locations_table": loc_table.to_dict(orient="records"),
         "ablation": abl.to_dict(orient="records") if not abl.empty else [],
+        "transductive_methods": trans_methods,
+        "transductive_table": trans_table.to_dict(orient="records"),
+        "self_training_effect": st_effect.to_dict(orient="records"),
         "oracle": load_oracle(results),
     }
     with atomic_output_dir(out) as tmp:
@@ -1093,6 +1165,17 @@ def analyse(results: str | Path, out: str | Path, settings: Settings | None = No
             if summary["oracle"]:
                 md += "\n" + oracle_markdown(summary["oracle"], st.decimals)
             (tmp / "main_table.md").write_text(md)
+        if not trans_table.empty:
+            trans_table.to_csv(tmp / "transductive_table.csv", index=False)
+            md = main_table_markdown(trans_table, st.decimals, st.ours)
+            paired = paired_differences(tidy, st.ours if st.ours in trans_methods else None, trans_methods,
+                                        group="transductive")
+            if not paired.empty:
+                md += "\n" + paired_markdown(paired, st.names, st.decimals)
+            if not st_effect.empty:
+                st_effect.to_csv(tmp / "self_training_effect.csv", index=False)
+                md += "\n" + setting_markdown(st_effect, st.names, st.decimals)
+            (tmp / "transductive_table.md").write_text(md)
         if not abl.empty:
             abl.to_csv(tmp / "ablation_table.csv", index=False)
             (tmp / "ablation_table.md").write_text(ablation_markdown(abl, st.decimals))

@@ -99,7 +99,7 @@ def _mapping(value: Callable[[Any], str | None], nonempty: bool = True):
 
 PATH = _str()
 # Mappings whose keys are names (methods, variants), not schema keys.
-FREE_KEYS = ("train.configs", "ablate.from_main", "analyse.methods")
+FREE_KEYS = ("train.configs", "self_train.configs", "ablate.from_main", "analyse.methods")
 SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "base": {
         "profile": _str(),
@@ -147,6 +147,12 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "log_interval": _int(1),
         "checkpoint_interval": _int(1),
         "deterministic": _bool,
+    },
+    "self_train": {
+        "methods": _list(_str(), nonempty=False),
+        "configs": _mapping(PATH, nonempty=False),
+        "max_iters": _int(1),
+        "warmup_iters": _int(0),
     },
     "evaluate": {
         "methods": _list(_str()),
@@ -275,6 +281,19 @@ def problems(params: Any, root: str | os.PathLike = ".") -> list[str]:
     for m in an["methods"]:
         if m not in every:
             out.append(f"analyse.methods: {m!r} is not an evaluated method")
+    st = params["self_train"]
+    for m in st["methods"]:
+        if m not in train["methods"]:
+            out.append(f"self_train.methods: {m!r} is not in train.methods (self-training starts from its "
+                       f"inductive run)")
+        if m not in st["configs"]:
+            out.append(f"self_train.methods: {m!r} has no entry in self_train.configs")
+    for name, rel in st["configs"].items():
+        if not (Path(root) / rel).is_file():
+            out.append(f"self_train.configs.{name}: config file not found: {rel}")
+    if st["warmup_iters"] > st["max_iters"]:
+        out.append(f"self_train.warmup_iters: {st['warmup_iters']} exceeds self_train.max_iters "
+                   f"{st['max_iters']}")
     if train["warmup_iters"] > train["max_iters"]:
         out.append(f"train.warmup_iters: {train['warmup_iters']} exceeds train.max_iters "
                    f"{train['max_iters']}")

@@ -26,6 +26,8 @@ Every number comes from ``params.yaml`` (validated by :mod:`experiments.params` 
     python -m experiments.pipeline configure --variant drop-fes
     python -m experiments.pipeline train --variant drop-fes --seed 0
     python -m experiments.pipeline link-ablation --seed 0
+    python -m experiments.pipeline configure --method zegclip --setting transductive
+    python -m experiments.pipeline train --method zegclip --seed 0 --setting transductive --evaluate
     python -m experiments.pipeline profile experiments/profiles/voc12aug-vit-b16.yaml --dvc-args
 """
 from __future__ import annotations
@@ -54,6 +56,7 @@ FLAT_METRICS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "aAcc", "unseen_to_s
 OPTIONAL_METRICS = ("mIoU_unseen_stuff", "mIoU_unseen_objects", "AUSUC", "mIoU_seen_cal", "mIoU_unseen_cal",
                     "hIoU_cal", "gamma_cal")
 ABLATION = "ablation"
+TRANSDUCTIVE = "transductive"   # self-trained runs (params.yaml self_train): runs/transductive/<method>/seed<k>
 TRAIN_CURVE = "train_curve.csv"
 CHECK_FILE = "params-check.txt"
 _RUN_IDS = itertools.count()
@@ -83,22 +86,24 @@ def config_path(params: dict, name: str, group: str = "") -> Path:
 
 
 # ----------------------------------------------------------------------------------------- configs
-def method_config(params: dict, method: str, components: dict | None = None):
+def method_config(params: dict, method: str, components: dict | None = None, section: str = "train"):
     """The resolved mmengine Config of a method (or ablation variant): its config file + params.yaml.
 
     Applies the ``base`` paths (data root, split, CLIP checkpoint), the prompt templates
     (``text_embed.templates``, the same for every method), the ``train`` schedule (iterations,
     warm-up, batch size, checkpoint and log intervals, determinism) and the ablation switches. No
     validation inside training runs (evaluation is its own stage). Has no side effects.
+    ``section='self_train'``: the transductive config of ``self_train.configs`` with that section's
+    iterations and warm-up (the rest of the schedule from ``train``).
     """
     from mmengine.config import Config
 
     base, train = params["base"], params["train"]
-    configs = train["configs"]
+    configs = params[section]["configs"]
     if method not in configs:
-        raise SystemExit(f"params.yaml: train.configs has no entry for method {method!r}")
+        raise SystemExit(f"params.yaml: {section}.configs has no entry for method {method!r}")
     if not Path(configs[method]).is_file():
-        raise SystemExit(f"params.yaml: train.configs.{method}: config file not found: {configs[method]}")
+        raise SystemExit(f"params.yaml: {section}.configs.{method}: config file not found: {configs[method]}")
     cfg = Config.fromfile(configs[method], import_custom_modules=False)
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
         if cfg.get(loader) is not None:
@@ -111,7 +116,7 @@ def method_config(params: dict, method: str, components: dict | None = None):
         for comp, on in components.items():
             cfg.model.decode_head[comp] = bool(on)
 
-    max_iters = int(train["max_iters"])
+    max_iters = int(params[section]["max_iters"])
     cfg.train_cfg.max_iters = max_iters
     cfg.train_cfg.val_interval = max_iters + 1
     # evaluation is its own stage; the val loader is kept aside for choices made on val
@@ -121,7 +126,7 @@ def method_config(params: dict, method: str, components: dict | None = None):
     for key in ("val_dataloader", "val_cfg", "val_evaluator"):
         cfg[key] = None
     cfg.train_dataloader.batch_size = int(train["batch_size"])
-    warmup = int(train["warmup_iters"])
+    warmup = int(params[section]["warmup_iters"])
     schedulers = []
     for sched in cfg.get("param_scheduler") or []:
         sched = copy.deepcopy(sched)
@@ -148,6 +153,8 @@ def configure(params: dict, name: str, group: str = "") -> Path:
 
     if group == ABLATION:
         cfg = method_config(params, params["ablate"]["method"], variant_components(name))
+    elif group == TRANSDUCTIVE:
+        cfg = method_config(params, name, section="self_train")
     else:
         cfg = method_config(params, name)
     out = config_path(params, name, group)
@@ -161,7 +168,8 @@ def load_run_config(params: dict, name: str, group: str = ""):
     path = config_path(params, name, group)
     if not path.is_file():
         raise SystemExit(f"{path}: resolved config not found (run `python -m experiments.pipeline "
-                         f"configure {'--variant' if group else '--method'} {name}` first)")
+                         f"configure {'--variant' if group == ABLATION else '--method'} {name}"
+                         f"{' --setting transductive' if group == TRANSDUCTIVE else ''}` first)")
     return read_config(path)  # formatted once, by `configure`
 
 
@@ -238,7 +246,15 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
     cfg.experiment_name = _run_name("", name, seed, group)
     cfg.model.text.cache_dir = str(work / "text_cache")
     _own_visualizer(cfg)
-    fp = run_fingerprint(cfg, seed, _inputs(params), ignore=_FINGERPRINT_IGNORE)
+    inputs = _inputs(params)
+    init = None
+    if group == TRANSDUCTIVE:   # self-training starts from the inductive run of the same method and seed
+        init = run_dir(params, name, seed) / "model.pth"
+        if not init.is_file():
+            raise SystemExit(f"{name} seed {seed}: the inductive checkpoint {init} is not there (run the train "
+                             f"stage of {name} first); self-training starts from it")
+        inputs["init"] = str(init)
+    fp = run_fingerprint(cfg, seed, inputs, ignore=_FINGERPRINT_IGNORE)
 
     if work.exists():
         diff = fingerprint_difference(_read_fingerprint(work), fp)
@@ -252,6 +268,11 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
     (work / "model.pth").unlink(missing_ok=True)
     cfg.resume = (work / "last_checkpoint").is_file()
     cfg.load_from = None
+    if init is not None and not cfg.resume:
+        from experiments.train import add_init_check
+
+        cfg.load_from = str(init)
+        add_init_check(cfg, init)
     set_run_state_hook(cfg, fp)
     if extra_hooks:
         cfg.custom_hooks = list(cfg.custom_hooks) + list(extra_hooks)
@@ -314,7 +335,10 @@ def run_protocol(cfg) -> dict:
     head = cfg.model.get("decode_head") or {}
     rule = (head.get("pbc_cfg") or {}).get("label_rule", DEFAULT_PBC["label_rule"])
     uses = bool(head.get("pbc", False)) and rule in UNSEEN_LOCATION_RULES
-    return {"uses_unseen_locations": uses, "indicator_label_rule": rule if head.get("pbc", False) else None}
+    st = cfg.model.get("self_training")
+    return {"uses_unseen_locations": uses, "indicator_label_rule": rule if head.get("pbc", False) else None,
+            "setting": TRANSDUCTIVE if st is not None else "inductive",
+            "self_training": dict(st) if st is not None else None}
 
 
 def evaluate_run(params: dict, name: str, seed: int, group: str = "",
@@ -530,6 +554,10 @@ def check(params: dict, path: str) -> Path:
 def _name(args, parser) -> tuple[str, str]:
     if bool(args.method) == bool(args.variant):
         parser.error(f"{args.command} needs exactly one of --method or --variant")
+    if args.setting == TRANSDUCTIVE:
+        if not args.method:
+            parser.error("--setting transductive needs --method (ablation variants are inductive)")
+        return args.method, TRANSDUCTIVE
     return (args.method, "") if args.method else (args.variant, ABLATION)
 
 
@@ -541,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", help="method name (a key of train.configs)")
     parser.add_argument("--variant", help="ablation variant: add-<c>, drop-<c>")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--setting", default="inductive", choices=["inductive", TRANSDUCTIVE],
+                        help="configure, train, evaluate: transductive = the self-trained run of --method "
+                             "(params.yaml self_train; starts from the inductive run's model.pth)")
     parser.add_argument("--split", default="test", choices=["test", "val"],
                         help="evaluate, oracle: test (reported numbers, the default) or val (for choices "
                              "made on val)")
@@ -593,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
     name, group = _name(args, parser)
     if group == ABLATION:
         variant_components(name)
+    if group == TRANSDUCTIVE and name not in params["self_train"]["methods"]:
+        raise SystemExit(f"params.yaml: self_train.methods does not list {name!r}")
     if args.command == "train":
         train_run(params, name, args.seed, group)
         if args.evaluate:  # the DVC train stages: one process trains and scores the run on test

@@ -84,6 +84,12 @@ def test_missing_key():
     (lambda p: p["analyse"].update(ours="alignzeg-v2"), "analyse.ours: 'alignzeg-v2' is not an evaluated method"),
     (lambda p: p["evaluate"]["score_softmax"].append("x"), "evaluate.score_softmax: 'x' is not an evaluated"),
     (lambda p: p["train"].update(warmup_iters=10 ** 6), "train.warmup_iters: 1000000 exceeds train.max_iters"),
+    (lambda p: p["self_train"]["methods"].append("maskclip"),
+     "self_train.methods: 'maskclip' is not in train.methods (self-training starts from its inductive run)"),
+    (lambda p: p["self_train"]["configs"].pop("zegclip"), "self_train.methods: 'zegclip' has no entry in self_train.configs"),
+    (lambda p: p["self_train"]["configs"].update(zegclip="experiments/configs/nope.py"),
+     "self_train.configs.zegclip: config file not found: experiments/configs/nope.py"),
+    (lambda p: p["self_train"].update(warmup_iters=10 ** 6), "self_train.warmup_iters: 1000000 exceeds"),
     (lambda p: p["base"].update(reports_dir=p["base"]["results_dir"]),
      "runs_dir, results_dir and reports_dir must differ"),
 ])
