@@ -43,6 +43,7 @@ def _tiny_params(params: dict) -> dict:
     params["pretrain_clip"].update(epochs=1, batch_size=16, num_scenes=64, num_heldout=16)
     params["train"].update(max_iters=3, warmup_iters=1, batch_size=4, log_interval=1)
     params["ablate"]["variants"] = ["add-fes", "drop-pbc"]
+    params["self_train"].update(methods=["alignzeg", "zegclip"], max_iters=2, warmup_iters=1)
     params["bench"].update(repeats=1, iters=1, batch_size=2, metric_images=4)
     return params
 
@@ -179,6 +180,27 @@ def test_analysis_tables_equal_numbers_recomputed_from_metric_json(pipeline_repo
     assert means[summary["winner"]["winner"]] == pytest.approx(best, abs=1e-9)
 
 
+def test_self_trained_runs_start_from_their_inductive_run_and_have_their_own_table(pipeline_repo):
+    root, _, _ = pipeline_repo
+    results = root / "results"
+    trans = pd.read_csv(root / "reports" / "analysis" / "transductive_table.csv").set_index("method")
+    main = pd.read_csv(root / "reports" / "analysis" / "main_table.csv").set_index("method")
+    for method in ("alignzeg", "zegclip"):
+        vals = [json.loads(p.read_text())["hIoU"]
+                for p in sorted((results / "transductive" / method).glob("seed*/zeroshot_metrics.json"))]
+        assert len(vals) == 2
+        assert trans.loc[method, "hIoU_mean"] == pytest.approx(np.mean(vals), abs=1e-9)
+        ind = [json.loads(p.read_text())["hIoU"] for p in sorted((results / method).glob("seed*/zeroshot_metrics.json"))]
+        assert main.loc[method, "hIoU_mean"] == pytest.approx(np.mean(ind), abs=1e-9)   # inductive rows only
+        protocol = json.loads((results / "transductive" / method / "seed0" / "protocol.json").read_text())
+        assert protocol["setting"] == "transductive" and protocol["self_training"]["unlabelled_index"] == 255
+        logs = "".join(p.read_text() for p in (root / "runs" / "transductive" / method / "seed0").glob("*/*.log"))
+        assert f"started from runs/{method}/seed0/model.pth" in logs and "all equal" in logs
+    assert "san-parent" not in trans.index   # self_train.methods of the tiny profile
+    report = (root / "reports" / "report.md").read_text()
+    assert "## Transductive setting (self-training)" in report
+
+
 def test_ablation_rows_and_shared_rows(pipeline_repo):
     root, _, _ = pipeline_repo
     results = root / "results"
@@ -258,6 +280,12 @@ def test_paper_profile_builds_every_run_config():
         comps = P.variant_components(variant)
         cfg = P.method_config(params, params["ablate"]["method"], comps)
         assert {c: cfg.model.decode_head[c] for c in P.COMPONENTS} == comps
+    for method in params["self_train"]["methods"]:   # the transductive rows at paper scale
+        cfg = P.method_config(params, method, section="self_train")
+        assert cfg.model.self_training.unlabelled_index == 254 and cfg.train_cfg.max_iters == 10000
+        assert cfg.train_dataloader.dataset.mode == "transductive"
+        assert cfg.train_dataloader.dataset.data_root == "data/voc12aug"
+        assert cfg.model.split == params["base"]["split"]
 
 
 def test_every_stage_runs_the_workspace_code():
@@ -312,6 +340,7 @@ def test_dependencies_are_complete_and_narrow(pipeline_repo, kind):
         if touched is not None:
             touched.write_text(backup)
     methods, seeds = ["alignzeg", "san-parent", "zegclip", "two-stage"], [0, 1]
+    st_runs = {f"self_train@{m}-{s}" for m in ("alignzeg", "zegclip") for s in seeds}
     if kind == "seed":
         # new stages for seed 2 have no lock entry yet; nothing of seeds 0/1 is touched
         assert not [s for s in changed if s.endswith(("-0", "-1", "@0", "@1"))], changed
@@ -323,19 +352,20 @@ def test_dependencies_are_complete_and_narrow(pipeline_repo, kind):
         # runs are trained and evaluated in one stage; its run folder is finished (same fingerprint), so
         # the rerun re-evaluates without a training iteration (tests/test_resume.py)
         expected = ({f"train@{m}-{s}" for m in methods for s in seeds} | {"evaluate_training_free@maskclip"}
-                    | {f"ablate_train@{v}-{s}" for v in ("add-fes", "drop-pbc") for s in seeds})
+                    | {f"ablate_train@{v}-{s}" for v in ("add-fes", "drop-pbc") for s in seeds} | st_runs)
         assert changed == expected, changed ^ expected
     elif kind == "config":
         # every configure stage reads the config folder; only zegclip's resolved config changes, so
         # only it is re-configured here and nothing is retrained until its content differs
         # (and the cost benchmark, which times those configs)
         assert changed == {f"configure@{m}" for m in methods + ["maskclip"]} | {
-            f"configure_ablation@{v}" for v in ("add-fes", "drop-pbc")} | {"bench"}, changed
+            f"configure_ablation@{v}" for v in ("add-fes", "drop-pbc")} | {"bench"} | {
+            f"configure_self_train@{m}" for m in ("alignzeg", "zegclip")}, changed
     else:
         # a package the runs import: every run retrains and re-evaluates, data and CLIP do not move
         runs = ({f"train@{m}-{s}" for m in methods for s in seeds}
                 | {f"ablate_train@{v}-{s}" for v in ("add-fes", "drop-pbc") for s in seeds}
-                | {"evaluate_training_free@maskclip", "bench"})
+                | {"evaluate_training_free@maskclip", "bench"} | st_runs)
         assert changed == runs, changed ^ runs
 
 
@@ -372,13 +402,14 @@ def test_queued_experiment_matches_the_same_override_in_the_workspace(pipeline_r
                           capture_output=True, text=True)
     assert proc.returncode != 0
     leftovers = sorted(root.glob("results/**/seed1"))
-    assert len(leftovers) == 6
+    assert len(leftovers) == 8   # 4 methods, 2 ablation variants, 2 self-trained methods
     for path in leftovers:
         assert str(path.relative_to(root)) in proc.stdout + proc.stderr
         shutil.rmtree(path)
     _run([dvc, "exp", "run", "--name", "workspace", *over], root, env)
     files = ["results/alignzeg/seed0/metrics.json", "results/zegclip/seed0/metrics.json",
-             "results/ablation/drop-pbc/seed0/metrics.json", "reports/summary.json"]
+             "results/ablation/drop-pbc/seed0/metrics.json", "results/transductive/zegclip/seed0/metrics.json",
+             "reports/summary.json"]
     for rel in files:
         queued = json.loads(_exp_file(root, env, "queued", rel))
         here = json.loads((root / rel).read_text())
