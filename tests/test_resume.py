@@ -77,6 +77,8 @@ def study(tmp_path_factory):
     params["evaluate"].update(methods=["alignzeg"], training_free=[], score_softmax=[], score_samples=500)
     params["ablate"].update(variants=[], from_main={})
     params["analyse"].update(ours="alignzeg", methods={"alignzeg": "AlignZeg"}, calibrated=[])
+    params["self_train"].update(methods=["alignzeg"], configs={"alignzeg": str(
+        REPO / "experiments/configs/alignzeg/alignzeg-st_tiny-vit_1xb16-1k_synthetic-default-64x64.py")})
     from experiments.params import validate
 
     validate(params, "test params", root=REPO)
