@@ -772,39 +772,51 @@ def paired_differences(tidy: pd.DataFrame, ours: str | None, methods: Iterable[s
     pairs += [(f"{m}+cal", m, metric, metric + "_cal") for m in calibrated
               for metric in ("hIoU", "mIoU_unseen")]
     for label, other, metric, other_metric in pairs:
-        a, b = per_seed(ours, metric), per_seed(other, other_metric)
-        common = a.index.intersection(b.index)
-        if len(common) == 0:
-            continue
-        d = (a.loc[common] - b.loc[common]).to_numpy(dtype=float)
-        std = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
-        half = ci95(std, len(d))
-        rows.append({"ours": ours, "other": label, "metric": metric, "n": int(len(d)), "diff_mean": float(d.mean()),
-                     "diff_std": std, "diff_ci95": half,
-                     "significant": bool(math.isfinite(half) and abs(float(d.mean())) > half)})
+        stats = _paired_stats(per_seed(ours, metric), per_seed(other, other_metric))
+        if stats is not None:
+            rows.append({"ours": ours, "other": label, "metric": metric, **stats})
     return pd.DataFrame(rows)
+
+
+def _paired_stats(a: pd.Series, b: pd.Series) -> dict[str, Any] | None:
+    """``a`` minus ``b`` on the seeds (index) both have: ``n``, ``diff_mean``, ``diff_std`` (ddof=1),
+    ``diff_ci95`` (95 % Student-t half-width) and ``significant`` (the interval excludes zero); None
+    when they share no seed."""
+    common = a.index.intersection(b.index)
+    if len(common) == 0:
+        return None
+    d = (a.loc[common] - b.loc[common]).to_numpy(dtype=float)
+    std = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
+    half = ci95(std, len(d))
+    return {"n": int(len(d)), "diff_mean": float(d.mean()), "diff_std": std, "diff_ci95": half,
+            "significant": bool(math.isfinite(half) and abs(float(d.mean())) > half)}
+
+
+def _diff_cell(g: pd.DataFrame, metric: str, decimals: int) -> str:
+    """A difference row of ``metric`` as ``+m ± h`` with "(n.s.)" when not significant; – when absent."""
+    r = g[g["metric"] == metric]
+    if r.empty:
+        return DASH
+    r = r.iloc[0]
+    cell = f"{r['diff_mean']:+.{decimals}f}" + (f" ± {r['diff_ci95']:.{decimals}f}"
+                                                if math.isfinite(r["diff_ci95"]) else "")
+    return cell + ("" if r["significant"] else " (n.s.)")
 
 
 def setting_differences(tidy: pd.DataFrame, methods: Iterable[str]) -> pd.DataFrame:
     """What self-training changes: per method, its transductive run minus its inductive run of the same
     seed (the self-trained run starts from that one), on S, U and hIoU, with the 95 % Student-t interval
     of the paired differences; ``significant`` is False when the interval contains zero."""
+    def per_seed(group: str, method: str, metric: str) -> pd.Series:
+        sel = tidy[(tidy["group"] == group) & (tidy["method"] == method) & (tidy["metric"] == metric)]
+        return sel.set_index("seed")["value"]
+
     rows = []
     for m in methods:
         for metric in ("mIoU_seen", "mIoU_unseen", "hIoU"):
-            def per_seed(group: str) -> pd.Series:
-                sel = tidy[(tidy["group"] == group) & (tidy["method"] == m) & (tidy["metric"] == metric)]
-                return sel.set_index("seed")["value"]
-            a, b = per_seed("transductive"), per_seed("main")
-            common = a.index.intersection(b.index)
-            if len(common) == 0:
-                continue
-            d = (a.loc[common] - b.loc[common]).to_numpy(dtype=float)
-            std = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
-            half = ci95(std, len(d))
-            rows.append({"method": m, "metric": metric, "n": int(len(d)), "diff_mean": float(d.mean()),
-                         "diff_std": std, "diff_ci95": half,
-                         "significant": bool(math.isfinite(half) and abs(float(d.mean())) > half)})
+            stats = _paired_stats(per_seed("transductive", m, metric), per_seed("main", m, metric))
+            if stats is not None:
+                rows.append({"method": m, "metric": metric, **stats})
     return pd.DataFrame(rows)
 
 
@@ -813,16 +825,7 @@ def setting_markdown(table: pd.DataFrame, names: dict[str, str], decimals: int =
         return ""
     lines = ["| Self-trained minus inductive | Δ S | Δ U | Δ hIoU | seeds |", "|---|---:|---:|---:|---:|"]
     for m, g in table.groupby("method", sort=False):
-        cells = []
-        for metric in ("mIoU_seen", "mIoU_unseen", "hIoU"):
-            r = g[g["metric"] == metric]
-            if r.empty:
-                cells.append(DASH)
-                continue
-            r = r.iloc[0]
-            cell = f"{r['diff_mean']:+.{decimals}f}" + (f" ± {r['diff_ci95']:.{decimals}f}"
-                                                        if math.isfinite(r["diff_ci95"]) else "")
-            cells.append(cell + ("" if r["significant"] else " (n.s.)"))
+        cells = [_diff_cell(g, metric, decimals) for metric in ("mIoU_seen", "mIoU_unseen", "hIoU")]
         lines.append(f"| {names.get(m, m)} | {' | '.join(cells)} | {int(g['n'].max())} |")
     lines.append("")
     lines.append("Per seed, the self-trained run minus the inductive run it starts from; mean ± half-width of the "
@@ -838,16 +841,7 @@ def paired_markdown(table: pd.DataFrame, names: dict[str, str], decimals: int = 
     for other, g in table.groupby("other", sort=False):
         base = other[:-4] if other.endswith("+cal") else other
         label = names.get(base, base) + (" + γ from val" if other.endswith("+cal") else "")
-        cells = []
-        for metric in ("hIoU", "mIoU_unseen"):
-            r = g[g["metric"] == metric]
-            if r.empty:
-                cells.append(DASH)
-                continue
-            r = r.iloc[0]
-            cell = f"{r['diff_mean']:+.{decimals}f}" + (f" ± {r['diff_ci95']:.{decimals}f}"
-                                                        if math.isfinite(r["diff_ci95"]) else "")
-            cells.append(cell + ("" if r["significant"] else " (n.s.)"))
+        cells = [_diff_cell(g, metric, decimals) for metric in ("hIoU", "mIoU_unseen")]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} | {int(g['n'].max())} |")
     lines.append("")
     lines.append("Paired per-seed differences (same seed), mean ± half-width of their 95 % Student-t interval; "

@@ -164,10 +164,11 @@ class InitCheckpointHook(Hook):
 
     def before_train(self, runner) -> None:
         import torch
+        from mmengine.model import is_model_wrapper
 
         if runner.iter > 0:
             return
-        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         state = load_checkpoint_file(self.checkpoint).get("state_dict")
         if not isinstance(state, dict):
             raise ValueError(f"{self.checkpoint}: no state_dict to start from")

@@ -274,12 +274,11 @@ class ZeroShotEncoderDecoder(BaseSegmentor):
             raise ValueError(f"training crop {tuple(inputs.shape[-2:])} is not a multiple of the CLIP patch "
                              f"size {self.backbone.patch_size}; set the data preprocessor's size/size_divisor")
         feats = self.extract_feat(inputs)
-        extra = {}
-        if self.self_training is not None:
-            extra["pseudo_share"] = self._pseudo_label(feats, text, data_samples)
+        share = self._pseudo_label(feats, text, data_samples) if self.self_training is not None else None
         losses = self.decode_head.loss(feats, text, data_samples, self.train_cfg)
         out = {f"decode.{k}": v for k, v in losses.items()}
-        out.update({k: torch.tensor(v, device=inputs.device) for k, v in extra.items()})
+        if share is not None:   # logged, not a loss term
+            out["pseudo_share"] = torch.tensor(share, device=inputs.device)
         return out
 
     def _pseudo_label(self, feats: dict, text: Tensor, data_samples: SampleList) -> float:
@@ -292,9 +291,10 @@ class ZeroShotEncoderDecoder(BaseSegmentor):
             if scores.shape[-2:] != images.shape[-2:]:
                 scores = F.interpolate(scores, size=images.shape[-2:], mode="bilinear",
                                        align_corners=self.align_corners)
-        unseen = [i for i, c in enumerate(self.vocabulary_names("all")) if c not in set(self.split.seen)]
         before = torch.stack([ds.gt_sem_seg.data for ds in data_samples])           # B×1×H×W
-        after = pseudo_labels(scores.float(), before.to(scores.device), unseen, st["unlabelled_index"], 255,
+        # the 'all' vocabulary is the split's label order, so its unseen channels are the split's unseen ids
+        after = pseudo_labels(scores.float(), before.to(scores.device), self.split.unseen_ids,
+                              st["unlabelled_index"], 255,
                               st["threshold"]).to(before.device, before.dtype)
         for b, ds in enumerate(data_samples):
             ds.gt_sem_seg.data = after[b]

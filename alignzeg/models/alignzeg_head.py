@@ -639,12 +639,9 @@ class AlignZeg(SideAdapterParent):
         if self.pbc:
             rule = self.pbc_cfg["label_rule"]
             parts = rule.split("+")
-            class_seen = None
-            if seen_mask is not None and not bool(seen_mask.all()):
-                class_seen = seen_mask.to(torch.bool)
             labels, valid = indicator_targets(out["pred_masks"], indices, targets, rule,
                                               self.pbc_cfg["ignore_ratio"], self.pbc_cfg["mask_threshold"],
-                                              class_seen)
+                                              None if seen_mask is None else seen_mask.to(torch.bool))
             inputs = [z[valid]]
             ys = [labels[valid]]
             if "virtual" in parts and virtual.shape[0]:
