@@ -114,6 +114,8 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "results_dir": PATH,
         "reports_dir": PATH,
         "num_threads": _int(0, 256),
+        "launcher": _str(("none", "pytorch", "slurm")),
+        "gpus": _int(1, 4096),
     },
     "prepare": {
         "out": PATH,
@@ -238,6 +240,8 @@ def problems(params: Any, root: str | os.PathLike = ".") -> list[str]:
     # Cross-references (only once every key is well-typed).
     base, train, ev, ab, an = (params[s] for s in ("base", "train", "evaluate", "ablate", "analyse"))
     configs = train["configs"]
+    if base["gpus"] > 1 and base["launcher"] == "none":
+        out.append(f"base.gpus: {base['gpus']} processes need base.launcher 'pytorch' (torchrun) or 'slurm' (srun)")
     for m in train["methods"]:
         if m not in configs:
             out.append(f"train.methods: {m!r} has no entry in train.configs")

@@ -29,6 +29,14 @@ Every number comes from ``params.yaml`` (validated by :mod:`experiments.params` 
     python -m experiments.pipeline configure --method zegclip --setting transductive
     python -m experiments.pipeline train --method zegclip --seed 0 --setting transductive --evaluate
     python -m experiments.pipeline profile experiments/profiles/voc12aug-vit-b16.yaml --dvc-args
+
+Distributed runs: with ``base.launcher`` ``pytorch`` or ``slurm`` the ``train`` and ``evaluate`` commands
+start themselves again in ``base.gpus`` processes (:func:`launch_command`: ``torchrun --standalone`` on
+this node, or ``srun --ntasks`` inside a Slurm allocation) and wait for them. The processes train with
+DDP and evaluate with a distributed sampler; rank 0 alone prepares the run folder (behind a barrier) and
+writes ``model.pth``, the train curve, the metric JSON, the flat metrics and the score samples, and the
+numbers equal those of one process on the same checkpoint. The process count is part of the run's
+fingerprint, so a run of another ``base.gpus`` is trained again rather than resumed.
 """
 from __future__ import annotations
 
@@ -62,6 +70,8 @@ CHECK_FILE = "params-check.txt"
 _RUN_IDS = itertools.count()
 # Per-run names and folders (the text-cache copy, the visualizer): not part of what the run computes.
 _FINGERPRINT_IGNORE = ("model.text.cache_dir", "visualizer.name")
+# Set in the environment of the processes a launcher starts (they run the stage; they launch nothing).
+LAUNCHED_ENV = "ALIGNZEG_LAUNCHED"
 
 
 def variant_components(variant: str) -> dict[str, bool]:
@@ -182,9 +192,71 @@ def _run_text_cache(shared: str, work_dir: Path) -> Path:
     own = Path(work_dir) / "text_cache"
     own.mkdir(parents=True, exist_ok=True)
     for src in Path(shared).glob("text-*.safetensors"):
-        if not (own / src.name).exists():
-            shutil.copyfile(src, own / src.name)
+        if not (own / src.name).exists():  # copy, then rename: the ranks of a launched run copy at once
+            tmp = own / f".{src.name}.{os.getpid()}.tmp"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, own / src.name)
     return own
+
+
+# ----------------------------------------------------------------------------------------- processes
+def launch_command(params: dict, argv: list[str]) -> list[str] | None:
+    """The command that runs ``python -m experiments.pipeline ARGV`` in ``base.gpus`` processes, or None
+    when this process runs the stage itself (``base.launcher: none``, or already a launched process).
+
+    ``pytorch``: ``torchrun --standalone`` (one node, a free rendezvous port); ``slurm``: ``srun`` with
+    ``base.gpus`` tasks of the surrounding allocation (``sbatch``/``salloc`` set the nodes and GPUs;
+    mmengine's Slurm launcher maps each task to a GPU).
+    """
+    base = params["base"]
+    launcher, n = base.get("launcher", "none"), int(base.get("gpus", 1))
+    if launcher == "none" or os.environ.get(LAUNCHED_ENV):
+        return None
+    stage = ["-m", "experiments.pipeline", *argv]
+    if launcher == "pytorch":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), *stage]
+    if launcher == "slurm":
+        return ["srun", f"--ntasks={n}", "--kill-on-bad-exit=1", sys.executable, *stage]
+    raise SystemExit(f"params.yaml: base.launcher: unknown launcher {launcher!r}")
+
+
+def _launch(cmd: list[str]) -> int:
+    """Run the launcher and wait; its exit status is the stage's."""
+    import subprocess
+
+    print(f"[pipeline] launching: {' '.join(cmd)}", flush=True)
+    try:
+        return subprocess.run(cmd, env=dict(os.environ, **{LAUNCHED_ENV: "1"})).returncode
+    except FileNotFoundError as err:
+        raise SystemExit(f"params.yaml: base.launcher: cannot start {cmd[0]!r} ({err})") from err
+
+
+def _launcher(params: dict) -> str:
+    """The launcher of this process's run: ``none`` unless it is one of a launched run's processes."""
+    return params["base"].get("launcher", "none") if os.environ.get(LAUNCHED_ENV) else "none"
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _distribute(params: dict, cfg) -> None:
+    """A launched run's processes: the process group and the config's launcher and DDP wrapper."""
+    launcher = _launcher(params)
+    cfg.launcher = launcher
+    if launcher != "none":
+        from experiments.train import setup_distributed
+
+        setup_distributed(cfg)
 
 
 def _set_threads(params: dict) -> None:
@@ -235,12 +307,14 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
     from alignzeg.engine.run_state import FINGERPRINT_FILE, fingerprint_difference, run_fingerprint, \
         stripped_checkpoint
     from alignzeg.utils import atomic_write_bytes, atomic_write_json
-    from experiments.train import prepare_runtime, set_run_state_hook
+    from experiments.train import launched_processes, log_batch_size, prepare_runtime, set_run_state_hook
 
     prepare_runtime()
     _set_threads(params)
     work = run_dir(params, name, seed, group)
     cfg = load_run_config(params, name, group)
+    _distribute(params, cfg)
+    rank = _rank()
     cfg.randomness = dict(cfg.get("randomness") or {}, seed=int(seed))
     cfg.work_dir = str(work)
     cfg.experiment_name = _run_name("", name, seed, group)
@@ -254,18 +328,20 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
             raise SystemExit(f"{name} seed {seed}: the inductive checkpoint {init} is not there (run the train "
                              f"stage of {name} first); self-training starts from it")
         inputs["init"] = str(init)
-    fp = run_fingerprint(cfg, seed, inputs, ignore=_FINGERPRINT_IGNORE)
+    fp = run_fingerprint(cfg, seed, inputs, ignore=_FINGERPRINT_IGNORE, processes=launched_processes())
 
-    if work.exists():
-        diff = fingerprint_difference(_read_fingerprint(work), fp)
-        if diff:
-            print(f"[pipeline] {work}: written by another run ({diff} changed); starting from scratch",
-                  flush=True)
-            shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(work / FINGERPRINT_FILE, fp)
-    _run_text_cache(params["base"]["text_cache"], work)
-    (work / "model.pth").unlink(missing_ok=True)
+    if rank == 0:  # one process prepares the folder; the others wait for it
+        if work.exists():
+            diff = fingerprint_difference(_read_fingerprint(work), fp)
+            if diff:
+                print(f"[pipeline] {work}: written by another run ({diff} changed); starting from scratch",
+                      flush=True)
+                shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(work / FINGERPRINT_FILE, fp)
+        _run_text_cache(params["base"]["text_cache"], work)
+        (work / "model.pth").unlink(missing_ok=True)
+    _barrier()
     cfg.resume = (work / "last_checkpoint").is_file()
     cfg.load_from = None
     if init is not None and not cfg.resume:
@@ -277,20 +353,23 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
     if extra_hooks:
         cfg.custom_hooks = list(cfg.custom_hooks) + list(extra_hooks)
     runner = Runner.from_cfg(cfg)
+    log_batch_size(runner)
     try:
         runner.train()
     except FloatingPointError as err:
         last = (work / "last_checkpoint").read_text().strip() if (work / "last_checkpoint").is_file() else None
         raise SystemExit(f"{name} seed {seed}: {err}; training stopped, last good checkpoint: "
                          f"{last or 'none (no checkpoint was written yet)'}") from err
-    ckpt = work / f"iter_{cfg.train_cfg.max_iters}.pth"
-    if not ckpt.is_file():
-        raise RuntimeError(f"training finished but {ckpt} was not written")
-    write_train_curve(work, result_dir(params, name, seed, group) / TRAIN_CURVE)
-    buf = io.BytesIO()
-    torch.save(stripped_checkpoint(load_checkpoint_file(ckpt)), buf)
     final = work / "model.pth"
-    atomic_write_bytes(final, buf.getvalue())
+    if rank == 0:
+        ckpt = work / f"iter_{cfg.train_cfg.max_iters}.pth"
+        if not ckpt.is_file():
+            raise RuntimeError(f"training finished but {ckpt} was not written")
+        write_train_curve(work, result_dir(params, name, seed, group) / TRAIN_CURVE)
+        buf = io.BytesIO()
+        torch.save(stripped_checkpoint(load_checkpoint_file(ckpt)), buf)
+        atomic_write_bytes(final, buf.getvalue())
+    _barrier()  # every process evaluates the file rank 0 wrote
     return final
 
 
@@ -417,6 +496,7 @@ def _evaluate_pass(params: dict, name: str, seed: int, group: str, checkpoint: P
     cfg.randomness = dict(cfg.get("randomness") or {}, seed=int(seed))
     cfg.model.text.cache_dir = str(_run_text_cache(params["base"]["text_cache"], work))
     _own_visualizer(cfg)
+    _distribute(params, cfg)
     cfg.load_from = None
     cfg.resume = False
     for key in ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler"):
@@ -424,7 +504,9 @@ def _evaluate_pass(params: dict, name: str, seed: int, group: str, checkpoint: P
     if not _set_output_dir(cfg.test_evaluator, str(out)):
         raise SystemExit(f"{name}: test_evaluator has no ZeroShotIoUMetric")
     for metric in zeroshot_metric_cfgs(cfg.test_evaluator):
-        metric["gamma_sweep"] = gamma_sweep
+        # the γ grid from the first batch's images, the same ones in one process or several
+        metric["gamma_sweep"] = (None if gamma_sweep is None else
+                                 dict(gamma_sweep, grid_images=int(cfg.test_dataloader.get("batch_size") or 1)))
         if split == "test" and int(ev.get("bootstrap") or 0):
             metric.update(bootstrap=int(ev["bootstrap"]), bootstrap_seed=int(seed))
     hooks = list(cfg.get("custom_hooks") or [])
@@ -448,11 +530,14 @@ def _evaluate_pass(params: dict, name: str, seed: int, group: str, checkpoint: P
     missing = [k for k in FLAT_METRICS if k not in flat]
     if missing:
         raise RuntimeError(f"{name}: the evaluator returned no {missing}")
-    atomic_write_json(out / "metrics.json", flat)
-    atomic_write_json(out / "protocol.json", run_protocol(cfg))
-    if group == ABLATION:
-        atomic_write_json(out / "components.json", variant_components(name))
-    print(json.dumps({"method": name, "seed": seed, "split": split, **{k: round(v, 2) for k, v in flat.items()}}))
+    if _rank() == 0:  # every process holds the same (broadcast) metrics; one writes them
+        atomic_write_json(out / "metrics.json", flat)
+        atomic_write_json(out / "protocol.json", run_protocol(cfg))
+        if group == ABLATION:
+            atomic_write_json(out / "components.json", variant_components(name))
+        print(json.dumps({"method": name, "seed": seed, "split": split,
+                          **{k: round(v, 2) for k, v in flat.items()}}))
+    _barrier()
     return flat
 
 
@@ -626,6 +711,13 @@ def main(argv: list[str] | None = None) -> int:
         variant_components(name)
     if group == TRANSDUCTIVE and name not in params["self_train"]["methods"]:
         raise SystemExit(f"params.yaml: self_train.methods does not list {name!r}")
+    cmd = launch_command(params, list(sys.argv[1:] if argv is None else argv))
+    if cmd is not None:  # base.launcher: this stage runs in base.gpus processes started by the launcher
+        return _launch(cmd)
+    if _launcher(params) != "none":
+        from experiments.train import init_processes
+
+        init_processes(_launcher(params))
     if args.command == "train":
         train_run(params, name, args.seed, group)
         if args.evaluate:  # the DVC train stages: one process trains and scores the run on test

@@ -121,30 +121,57 @@ def apply_data_root(cfg, data_root: str | None) -> None:
     cfg.model.split = candidate
 
 
-def setup_distributed(cfg) -> None:
-    """Distributed runs without CUDA (CPU, gloo): mmengine's ``init_dist`` always calls
-    ``torch.cuda.set_device``, so the process group is made here (``torchrun`` sets RANK, WORLD_SIZE,
-    MASTER_ADDR) and the model is wrapped in DDP without device ids. With CUDA mmengine does it all."""
-    import torch
+def init_processes(launcher: str) -> None:
+    """Make the process group of a launched run (idempotent).
 
-    if torch.cuda.is_available():
-        return
+    With CUDA, mmengine's ``init_dist`` (NCCL; ``pytorch``: torchrun's LOCAL_RANK picks the GPU, ``slurm``:
+    SLURM_PROCID). Without CUDA, only ``pytorch`` (torchrun) works: mmengine's ``init_dist`` always calls
+    ``torch.cuda.set_device``, so a gloo group is made here from torchrun's RANK, WORLD_SIZE, MASTER_ADDR.
+    """
+    import torch
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        if cfg.launcher != "pytorch":
-            raise SystemExit(f"--launcher {cfg.launcher} without CUDA: only 'pytorch' (torchrun) runs on CPU (gloo)")
-        missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
-        if missing:
-            raise SystemExit(f"--launcher pytorch: environment variables {missing} are not set; start the "
-                             "command with torchrun (python -m torch.distributed.run --nproc_per_node N ...)")
-        dist.init_process_group(backend="gloo")
+    if dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        from mmengine.dist import init_dist
+
+        init_dist(launcher)
+        return
+    if launcher != "pytorch":
+        raise SystemExit(f"--launcher {launcher} without CUDA: only 'pytorch' (torchrun) runs on CPU (gloo)")
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise SystemExit(f"--launcher pytorch: environment variables {missing} are not set; start the "
+                         "command with torchrun (python -m torch.distributed.run --nproc_per_node N ...)")
+    dist.init_process_group(backend="gloo")
+
+
+def setup_distributed(cfg) -> None:
+    """Prepare a config for a launched (DDP) run: the process group, and on CPU a DDP wrapper without
+    device ids. With CUDA, ``sync_bn='torch'`` (unless the config sets it): mmengine then converts every
+    BatchNorm of the model to SyncBatchNorm before wrapping it (none of the shipped models has one: their
+    CLIP and heads use LayerNorm); torch's SyncBatchNorm runs on GPUs only, so CPU runs keep BatchNorm."""
+    import torch
+
+    init_processes(cfg.launcher)
+    if torch.cuda.is_available():
+        if cfg.get("sync_bn") is None:
+            cfg.sync_bn = "torch"
+        return
     wrapper = dict(cfg.get("model_wrapper_cfg") or {})
     wrapper.setdefault("type", "MMDistributedDataParallel")
     wrapper.setdefault("broadcast_buffers", False)
     wrapper.setdefault("find_unused_parameters", bool(cfg.get("find_unused_parameters", False)))
     wrapper["device_ids"] = None
     cfg.model_wrapper_cfg = wrapper
+
+
+def launched_processes() -> int:
+    """The number of processes of this run: the process group's size, else 1."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def log_batch_size(runner) -> None:
@@ -231,7 +258,8 @@ def add_run_state(cfg) -> dict:
     from alignzeg.engine.run_state import run_fingerprint
 
     seed = int((cfg.get("randomness") or {}).get("seed") or 0)
-    fp = run_fingerprint(cfg, seed, config_inputs(cfg), ignore=("model.text.cache_dir",))
+    fp = run_fingerprint(cfg, seed, config_inputs(cfg), ignore=("model.text.cache_dir",),
+                         processes=launched_processes())
     set_run_state_hook(cfg, fp)
     return fp
 

@@ -227,3 +227,54 @@ def test_evaluation_refuses_a_checkpoint_with_a_missing_key(study, fresh, tmp_pa
         P.evaluate_run(p, "alignzeg", 0, checkpoint=bad)
     msg = str(err.value)
     assert str(bad) in msg and key in msg and "decode_head.not_a_weight" in msg
+
+
+def test_launched_stage_trains_in_two_processes_and_evaluates_as_one_process(study, tmp_path):
+    """`base.launcher: pytorch`, `base.gpus: 2`: the DVC train stage command starts itself again under
+    torchrun (gloo on CPU), trains with DDP, and rank 0 alone writes model.pth and the results. The
+    2-process evaluation (val γ grid, the test bootstrap, every metric) equals a 1-process evaluation of
+    the same model.pth."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from experiments import pipeline as P
+
+    root, params = study
+    ddp = _at(params, root, "ddp")
+    ddp["base"].update(launcher="pytorch", gpus=2)
+    assert ddp["evaluate"]["gamma_points"] > 0 and ddp["evaluate"]["bootstrap"] > 0
+    path = tmp_path / "params-ddp.yaml"
+    path.write_text(yaml.safe_dump(ddp))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env.pop(P.LAUNCHED_ENV, None)
+    for args in (["configure", "--method", "alignzeg"],
+                 ["train", "--method", "alignzeg", "--seed", "0", "--evaluate"]):
+        res = subprocess.run([sys.executable, "-m", "experiments.pipeline", *args, "--params", str(path)],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    assert "launching: " in res.stdout and "torch.distributed.run --standalone --nproc_per_node 2" in res.stdout
+    assert res.stdout.count('"split": "test"') == 1  # the metrics line: rank 0 only
+    work = Path(ddp["base"]["runs_dir"]) / "alignzeg" / "seed0"
+    from alignzeg.engine.run_state import FINGERPRINT_FILE
+
+    assert json.loads((work / FINGERPRINT_FILE).read_text())["processes"] == 2
+    logs = "".join(f.read_text() for f in work.glob("*/*.log"))
+    assert "effective batch size: 2 process(es) x 2 image(s) = 4" in logs
+    model = work / "model.pth"
+    out2 = Path(ddp["base"]["results_dir"]) / "alignzeg" / "seed0"
+
+    one = _at(params, root, "ddp-one")  # one process, the same checkpoint
+    P.configure(one, "alignzeg")
+    P.evaluate_run(one, "alignzeg", 0, checkpoint=model)
+    out1 = Path(one["base"]["results_dir"]) / "alignzeg" / "seed0"
+    for rel in ("metrics.json", "zeroshot_metrics.json", "val/zeroshot_metrics.json", "protocol.json"):
+        assert json.loads((out2 / rel).read_text()) == json.loads((out1 / rel).read_text()), rel
+    full = json.loads((out1 / "zeroshot_metrics.json").read_text())
+    assert full["bootstrap"] and full["gamma_sweep"]["calibrated"]
+    a, b = np.load(out1 / "scores.npz"), np.load(out2 / "scores.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:  # the score samples: the same pixels' values, whatever the rank order
+        assert np.array_equal(np.sort(a[key], axis=None), np.sort(b[key], axis=None)), key

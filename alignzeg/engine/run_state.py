@@ -143,11 +143,12 @@ def config_digest(cfg: Any, ignore: Iterable[str] = ()) -> str:
 
 def run_fingerprint(cfg: Any, seed: int, inputs: Mapping[str, str | os.PathLike],
                     code_root: str | os.PathLike | None = None,
-                    ignore: Iterable[str] = ()) -> dict:
+                    ignore: Iterable[str] = (), processes: int = 1) -> dict:
     """The fingerprint of one training run (see the module docstring).
 
-    ``inputs`` maps a role ("data_root", "split", "clip", "text_cache") to a path whose content is hashed.
-    The returned dict has the parts and their combined ``digest``.
+    ``inputs`` maps a role ("data_root", "split", "clip", "text_cache") to a path whose content is hashed;
+    ``processes`` is the number of DDP processes (the effective batch is the config's batch times it, and
+    the sampler's order depends on it). The returned dict has the parts and their combined ``digest``.
     """
     parts = {
         "config": config_digest(cfg, ignore),
@@ -155,6 +156,7 @@ def run_fingerprint(cfg: Any, seed: int, inputs: Mapping[str, str | os.PathLike]
         "code": code_digest(code_root),
         "inputs": {role: path_digest(p) for role, p in sorted(inputs.items())},
         "libraries": library_versions(),
+        "processes": int(processes),
     }
     parts["digest"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return parts
@@ -167,7 +169,7 @@ def fingerprint_difference(old: Mapping | None, new: Mapping) -> str:
     if old.get("digest") == new.get("digest"):
         return ""
     diffs = []
-    for key in ("config", "seed", "code", "libraries"):
+    for key in ("config", "seed", "code", "libraries", "processes"):
         if old.get(key) != new.get(key):
             diffs.append(key)
     old_in, new_in = old.get("inputs") or {}, new.get("inputs") or {}

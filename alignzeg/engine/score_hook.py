@@ -2,8 +2,9 @@
 
 On pixels whose ground truth is an **unseen** class, a model biased towards seen classes gives its
 highest seen-class score more often than its highest unseen-class score. This hook keeps a seeded
-random sample (at most ``max_samples`` pixels over the whole test set, reservoir-style per batch) of
-both maxima and writes them to ``out_file`` (``.npz`` with ``top_seen`` and ``top_unseen``) for
+random sample (at most ``per_image`` pixels of each image, drawn by a generator seeded with ``seed`` and
+the image's dataset position, then at most ``max_samples`` over the whole test set) of both maxima and
+writes them to ``out_file`` (``.npz`` with ``top_seen`` and ``top_unseen``) for
 ``analysis/plots.py``. Scores are the model's per-class outputs (``seg_logits``) converted to
 probabilities with a softmax over classes when ``apply_softmax`` (logit-valued heads) and used as they
 are otherwise (heads whose outputs are already per-class scores, as MaskFormer-style inference).
@@ -14,6 +15,11 @@ proposal, the indicator's probability and whether the proposal lies on an unseen
 the majority ground-truth label under its mask (sigmoid > 0.5, at least ``min_proposal_pixels`` labelled
 pixels), and proposals on no labelled pixel are skipped. These go into the same file as
 ``indicator_prob`` / ``indicator_is_unseen`` (the indicator ROC in ``analysis/plots.py``).
+
+Several processes: each image is keyed by its dataset position (rank ``r``'s ``k``-th sample of
+mmengine's unshuffled ``DefaultSampler`` is position ``r + k W``); the sampler's padded duplicates
+(position ``>=`` the dataset size) are skipped, rank 0 gathers every rank's images and writes them in
+dataset order, so the file is the one a single process writes.
 """
 from __future__ import annotations
 
@@ -43,13 +49,12 @@ class UnseenScoreSamplerHook(Hook):
         self.per_image = per_image
         self.apply_softmax = apply_softmax
         self.ignore_index = ignore_index
-        self.rng = np.random.default_rng(seed)
-        self._seen: list[np.ndarray] = []
-        self._unseen: list[np.ndarray] = []
+        self.seed = int(seed)
         self._seen_mask: torch.Tensor | None = None
         self.min_proposal_pixels = min_proposal_pixels
-        self._ind_prob: list[np.ndarray] = []
-        self._ind_unseen: list[np.ndarray] = []
+        # dataset position -> (top seen, top unseen, indicator prob, indicator is-unseen) of the image
+        self._images: dict[int, tuple] = {}
+        self._indicator = False  # the head exposed indicator outputs (the file then has the indicator keys)
 
     def before_test(self, runner) -> None:
         meta = runner.test_dataloader.dataset.metainfo
@@ -58,64 +63,86 @@ class UnseenScoreSamplerHook(Hook):
         if not unseen:
             raise ValueError("UnseenScoreSamplerHook: the test dataset's metainfo names no 'unseen_classes'")
         self._seen_mask = torch.tensor([c not in unseen for c in classes])
-        self._seen, self._unseen = [], []
-        self._ind_prob, self._ind_unseen = [], []
+        self._images = {}
+        self._indicator = False
 
     def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        seen_mask = self._seen_mask
-        self._collect_indicator(runner, outputs or [])
-        for sample in outputs or []:
-            if "seg_logits" not in sample or "gt_sem_seg" not in sample:
-                continue
-            scores = sample.seg_logits.data.float()  # C x H x W
-            gt = sample.gt_sem_seg.data.squeeze(0).to(scores.device)
-            if scores.shape[0] != seen_mask.numel():
-                raise ValueError(f"seg_logits have {scores.shape[0]} classes, the dataset {seen_mask.numel()}")
-            if self.apply_softmax:
-                scores = scores.softmax(dim=0)
-            valid = gt != self.ignore_index
-            is_unseen_gt = valid & ~seen_mask.to(gt.device)[gt.clamp(max=seen_mask.numel() - 1)]
-            idx = is_unseen_gt.flatten().nonzero().squeeze(1).cpu().numpy()
-            if idx.size == 0:
-                continue
-            if idx.size > self.per_image:
-                idx = self.rng.choice(idx, size=self.per_image, replace=False)
-            flat = scores.flatten(1)[:, torch.from_numpy(idx)]
-            self._seen.append(flat[seen_mask].max(dim=0).values.cpu().numpy())
-            self._unseen.append(flat[~seen_mask].max(dim=0).values.cpu().numpy())
+        from mmengine.dist import get_dist_info
 
-    def _collect_indicator(self, runner, outputs) -> None:
+        seen_mask = self._seen_mask
+        outputs = outputs or []
+        rank, world = get_dist_info()
+        loader = runner.test_dataloader
+        size, batch = len(loader.dataset), int(loader.batch_size or 1)
+        aux = self._indicator_outputs(runner, outputs)
+        self._indicator |= aux is not None
+        empty = np.zeros(0, np.float32)
+        for j, sample in enumerate(outputs):
+            pos = rank + (batch_idx * batch + j) * world
+            if pos >= size:  # the sampler's padded duplicate: counted by the rank that owns it
+                continue
+            top = (empty, empty)
+            if "seg_logits" in sample and "gt_sem_seg" in sample:
+                top = self._top_scores(sample, seen_mask, np.random.default_rng([self.seed, pos]))
+            ind = (empty, np.zeros(0, bool))
+            if aux is not None:
+                ind = proposal_indicator_labels(
+                    aux["indicator_prob"][j:j + 1], aux["mask_logits"][j:j + 1],
+                    [sample.gt_sem_seg.data.squeeze(0)], ~seen_mask, self.ignore_index, self.min_proposal_pixels)
+            self._images[pos] = (*top, *ind)
+
+    def _top_scores(self, sample, seen_mask: torch.Tensor, rng: np.random.Generator) -> tuple:
+        """Max seen and max unseen score of up to ``per_image`` random unseen-ground-truth pixels."""
+        scores = sample.seg_logits.data.float()  # C x H x W
+        gt = sample.gt_sem_seg.data.squeeze(0).to(scores.device)
+        if scores.shape[0] != seen_mask.numel():
+            raise ValueError(f"seg_logits have {scores.shape[0]} classes, the dataset {seen_mask.numel()}")
+        if self.apply_softmax:
+            scores = scores.softmax(dim=0)
+        valid = gt != self.ignore_index
+        is_unseen_gt = valid & ~seen_mask.to(gt.device)[gt.clamp(max=seen_mask.numel() - 1)]
+        idx = is_unseen_gt.flatten().nonzero().squeeze(1).cpu().numpy()
+        if idx.size == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        if idx.size > self.per_image:
+            idx = rng.choice(idx, size=self.per_image, replace=False)
+        flat = scores.flatten(1)[:, torch.from_numpy(idx)]
+        return (flat[seen_mask].max(dim=0).values.cpu().numpy(), flat[~seen_mask].max(dim=0).values.cpu().numpy())
+
+    @staticmethod
+    def _indicator_outputs(runner, outputs):
         from mmengine.model import is_model_wrapper
 
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         aux = getattr(getattr(model, "decode_head", None), "last_aux", None)
         if not aux or "indicator_prob" not in aux or len(outputs) != aux["indicator_prob"].shape[0]:
-            return
-        probs, probs_unseen = proposal_indicator_labels(
-            aux["indicator_prob"], aux["mask_logits"], [s.gt_sem_seg.data.squeeze(0) for s in outputs],
-            ~self._seen_mask, self.ignore_index, self.min_proposal_pixels)
-        self._ind_prob.append(probs)
-        self._ind_unseen.append(probs_unseen)
+            return None
+        return aux
 
     def after_test(self, runner) -> None:
         from mmengine.dist import all_gather_object, get_world_size, is_main_process
 
-        if get_world_size() > 1:  # every rank's samples, written once by rank 0
-            parts = all_gather_object((self._seen, self._unseen, self._ind_prob, self._ind_unseen))
+        images, indicator = self._images, self._indicator
+        if get_world_size() > 1:  # every rank's images, written once by rank 0
+            parts = all_gather_object((images, indicator))
             if not is_main_process():
                 return
-            self._seen, self._unseen, self._ind_prob, self._ind_unseen = (
-                [a for p in parts for a in p[i]] for i in range(4))
-        seen = np.concatenate(self._seen) if self._seen else np.zeros(0, np.float32)
-        unseen = np.concatenate(self._unseen) if self._unseen else np.zeros(0, np.float32)
+            images = {pos: v for part, _ in parts for pos, v in part.items()}
+            indicator = any(flag for _, flag in parts)
+        order = [images[pos] for pos in sorted(images)]
+
+        def cat(i: int, dtype) -> np.ndarray:  # field i of every image, in dataset order
+            return np.concatenate([v[i] for v in order]).astype(dtype) if order else np.zeros(0, dtype)
+
+        seen, unseen = cat(0, np.float32), cat(1, np.float32)
         if seen.size > self.max_samples:
-            keep = np.sort(self.rng.choice(seen.size, size=self.max_samples, replace=False))
+            keep = np.sort(np.random.default_rng(self.seed).choice(seen.size, size=self.max_samples,
+                                                                   replace=False))
             seen, unseen = seen[keep], unseen[keep]
         buf = io.BytesIO()
         extra = {}
-        if self._ind_prob:
-            extra = dict(indicator_prob=np.concatenate(self._ind_prob).astype(np.float32),
-                         indicator_is_unseen=np.concatenate(self._ind_unseen))
+        if indicator:
+            extra = dict(indicator_prob=cat(2, np.float32), indicator_is_unseen=cat(3, bool))
         np.savez(buf, top_seen=seen.astype(np.float32), top_unseen=unseen.astype(np.float32), **extra)
         atomic_write_bytes(self.out_file, buf.getvalue())
         runner.logger.info(f"UnseenScoreSamplerHook: {seen.size} unseen-class pixels sampled -> {self.out_file}; "

@@ -13,7 +13,12 @@ mmengine's ``DefaultSampler`` pads the index list to a multiple of the world siz
 first indices at the end, and rank ``r`` takes positions ``r, r + W, ...``; so a rank's only possible
 padded duplicate is its last sample, at position ``r + (n - 1) W``, and it is a duplicate exactly when that
 position is ``>=`` the dataset size. ``compute_metrics`` (rank 0) drops those and sums the rest, so every
-image counts once, as in one process (tested with a 2-process gloo run).
+image counts once, as in one process (tested with a 2-process gloo run). The same positions restore
+the single-process order where it matters: the bootstrap's per-image matrices are put back in dataset
+order (so its resamples are the one-process ones), and a γ grid read off the first images is read off
+the margins of dataset positions ``0 .. k-1`` gathered from every rank's first batch (``k``:
+``gamma_sweep.grid_images``, else the per-rank batch length), the one-process first batch when ``k`` is
+the loader's batch size (and the dataset has at least ``k`` images or no padding).
 """
 from __future__ import annotations
 
@@ -61,7 +66,9 @@ class ZeroShotIoUMetric(BaseMetric):
         gamma_sweep: the seen–unseen trade-off in the same pass (:mod:`alignzeg.evaluation.calibration`):
             ``dict(num=41)`` takes the γ grid from the quantiles of the first batch's per-pixel margins
             (best seen minus best unseen score, the model's own ``seg_logits`` units) plus -inf, 0 and
-            +inf; ``gammas=[...]`` fixes it instead (required with several processes); ``extra=[...]`` adds
+            +inf (``grid_images=k``: of the first ``k`` images instead, ``k`` at most the loader's batch
+            size; the DVC pipeline sets the batch size, so one process and several read the same images);
+            ``gammas=[...]`` fixes it instead; ``extra=[...]`` adds
             values; ``calibrated=γ`` (one of them, e.g. chosen on val) reports ``*_cal`` metrics at that γ.
             The JSON gains ``gamma_sweep`` (γ, S, U, hIoU per γ, ``ausuc``) and the flat scalars
             ``AUSUC`` and, with ``calibrated``, ``mIoU_seen_cal``, ``mIoU_unseen_cal``, ``hIoU_cal``,
@@ -69,7 +76,7 @@ class ZeroShotIoUMetric(BaseMetric):
         bootstrap: number of per-image bootstrap resamples (0: none). Keeps one C×C matrix per image
             (int32) and writes ``bootstrap`` to the JSON: the 2.5 / 97.5 % percentiles of seen and unseen
             mIoU and hIoU over resamples of the evaluated images (seeded by ``bootstrap_seed``), the
-            interval of a single run; one process only.
+            interval of a single run (several processes: the images are gathered in dataset order).
         collect_device, prefix: as for every mmengine metric.
 
     Returns to mmengine the flat scalars ``mIoU, mIoU_seen, mIoU_unseen, hIoU, aAcc, unseen_to_seen``
@@ -89,12 +96,11 @@ class ZeroShotIoUMetric(BaseMetric):
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.gamma_sweep = dict(gamma_sweep) if gamma_sweep is not None else None
         if self.gamma_sweep is not None:
-            unknown = set(self.gamma_sweep) - {"num", "gammas", "extra", "calibrated"}
+            unknown = set(self.gamma_sweep) - {"num", "gammas", "extra", "calibrated", "grid_images"}
             if unknown:
                 raise ValueError(f"ZeroShotIoUMetric: gamma_sweep: unknown keys {sorted(unknown)} "
-                                 "(use num, gammas, extra, calibrated)")
+                                 "(use num, gammas, extra, calibrated, grid_images)")
         self._gammas = None
-        self._images: list[np.ndarray] = []
         if int(bootstrap) < 0:
             raise ValueError(f"ZeroShotIoUMetric: bootstrap must be >= 0, got {bootstrap}")
         self.bootstrap = int(bootstrap)
@@ -175,9 +181,9 @@ class ZeroShotIoUMetric(BaseMetric):
         if self.bootstrap or sweeps is not None:  # per image: the bootstrap resamples images
             for i, sample in enumerate(data_samples):
                 counts = self._counts([pairs[i]], [sample], num_classes)
-                if self.bootstrap:
-                    self._images.append(counts.astype(np.int32))
                 self._add_sample(counts, None if sweeps is None else sweeps[i])
+                if self.bootstrap:
+                    self.results[0]["images"].append(counts.astype(np.int32))
             return
         # One bincount for all but the last sample of the batch, one for the last (kept apart for the
         # padded-duplicate rule): the same counts as image by image, with fewer calls.
@@ -213,7 +219,8 @@ class ZeroShotIoUMetric(BaseMetric):
             from mmengine.dist import get_rank
 
             self.results.append({"rank": get_rank(), "n": 0, "conf": np.zeros_like(conf), "last_conf": None,
-                                 "sweep": None if sweep is None else np.zeros_like(sweep), "last_sweep": None})
+                                 "sweep": None if sweep is None else np.zeros_like(sweep), "last_sweep": None,
+                                 "images": []})
         acc = self.results[0]
         if acc["last_conf"] is not None:
             acc["conf"] = acc["conf"] + acc["last_conf"]
@@ -249,13 +256,18 @@ class ZeroShotIoUMetric(BaseMetric):
                 self._gammas = np.unique(np.concatenate([base, [-np.inf, 0.0, np.inf],
                                                          list(cfg.get("extra") or [])]))
             else:
-                from mmengine.dist import get_world_size
+                from mmengine.dist import all_gather_object, get_world_size
 
-                if get_world_size() > 1:
-                    raise ValueError("ZeroShotIoUMetric: gamma_sweep with several processes needs a fixed "
-                                     "'gammas' list (the first batch differs between processes)")
-                margins = torch.cat([margins_of(sc, seen).flatten() for sc in scores])
-                self._gammas = gamma_grid(margins, int(cfg.get("num", 41)), cfg.get("extra") or ())
+                per = [margins_of(sc, seen).flatten().cpu() for sc in scores]
+                first = int(cfg.get("grid_images") or len(per))  # dataset positions 0 .. first-1
+                world = get_world_size()
+                if world > 1:  # position p is sample p // W of rank p % W
+                    ranks = all_gather_object(per)
+                    per = [ranks[p % world][p // world] for p in range(first)
+                           if p // world < len(ranks[p % world])]
+                else:
+                    per = per[:first]
+                self._gammas = gamma_grid(torch.cat(per), int(cfg.get("num", 41)), cfg.get("extra") or ())
             cal = cfg.get("calibrated")
             if cal is not None and not np.any(self._gammas == float(cal)):
                 self._gammas = np.unique(np.concatenate([self._gammas, [float(cal)]]))
@@ -275,6 +287,7 @@ class ZeroShotIoUMetric(BaseMetric):
         from mmengine.dist import get_world_size
 
         world, size = get_world_size(), getattr(self, "_size", None)
+        images: dict[int, np.ndarray] = {}   # dataset position -> the image's matrix (bootstrap only)
         for part in results:
             if not isinstance(part, dict) or "last_conf" not in part:
                 raise ValueError("ZeroShotIoUMetric: collected an entry that is not this metric's per-rank "
@@ -283,6 +296,9 @@ class ZeroShotIoUMetric(BaseMetric):
             padded = (world > 1 and size is not None
                       and part["rank"] + (part["n"] - 1) * world >= size)  # a DefaultSampler duplicate
             pieces = [(part["conf"], part["sweep"])] + ([] if padded else lasts)
+            kept = part.get("images") or []
+            for k, img in enumerate(kept[:-1] if padded else kept):
+                images[part["rank"] + k * world] = img
             for conf, sw in pieces:
                 conf = np.asarray(conf, dtype=np.int64)
                 if conf.shape != matrix.shape:
@@ -300,13 +316,9 @@ class ZeroShotIoUMetric(BaseMetric):
         if sweep is not None:
             metrics["gamma_sweep"], flat_extra = self._sweep_summary(sweep, classes, unseen)
         if self.bootstrap:
-            from mmengine.dist import get_world_size
-
-            if get_world_size() > 1:
-                raise ValueError("ZeroShotIoUMetric: bootstrap runs in one process only")
-            metrics["bootstrap"] = bootstrap_interval(np.stack(self._images), classes, unseen,
-                                                      self.bootstrap, self.bootstrap_seed)
-            self._images = []
+            per_image = np.stack([images[p] for p in sorted(images)])
+            metrics["bootstrap"] = bootstrap_interval(per_image, classes, unseen, self.bootstrap,
+                                                      self.bootstrap_seed)
         logger: MMLogger = MMLogger.get_current_instance()
         print_log("zero-shot per-class results:\n" + format_table(metrics), logger=logger)
         if self.output_dir is not None:

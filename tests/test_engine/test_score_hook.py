@@ -19,11 +19,50 @@ def _sample(scores: torch.Tensor, gt: torch.Tensor):
     return s
 
 
-def _runner(classes, unseen, head=None):
-    dataset = SimpleNamespace(metainfo=dict(classes=classes, unseen_classes=unseen))
+class _Dataset(list):
+    metainfo: dict = {}
+
+
+def _runner(classes, unseen, head=None, size=100, batch_size=1):
+    dataset = _Dataset(range(size))
+    dataset.metainfo = dict(classes=classes, unseen_classes=unseen)
     model = SimpleNamespace(decode_head=head)
-    return SimpleNamespace(test_dataloader=SimpleNamespace(dataset=dataset), model=model,
+    return SimpleNamespace(test_dataloader=SimpleNamespace(dataset=dataset, batch_size=batch_size), model=model,
                            logger=SimpleNamespace(info=lambda *a, **k: None))
+
+
+def test_two_ranks_write_the_one_process_file(tmp_path, monkeypatch):
+    """Images keyed by dataset position: two ranks' images (rank 1's padded duplicate skipped), gathered,
+    give the file one process writes, pixel draws included."""
+    import mmengine.dist as D
+
+    classes, unseen = ["a", "b", "c"], ["c"]
+    gen = torch.Generator().manual_seed(0)
+    samples = [_sample(torch.rand(3, 6, 6, generator=gen), torch.randint(0, 3, (6, 6), generator=gen))
+               for _ in range(5)]
+
+    def run(rank, world, mine):
+        monkeypatch.setattr(D, "get_dist_info", lambda: (rank, world))
+        hook = UnseenScoreSamplerHook(str(tmp_path / f"r{rank}w{world}.npz"), max_samples=50, per_image=7, seed=3)
+        runner = _runner(classes, unseen, size=5, batch_size=2)
+        hook.before_test(runner)
+        for b in range(0, len(mine), 2):
+            hook.after_test_iter(runner, b // 2, None, mine[b:b + 2])
+        return hook, runner
+
+    one, runner = run(0, 1, samples)
+    one.after_test(runner)
+    ranks = [run(0, 2, samples[0::2])[0], run(1, 2, samples[1::2] + samples[:1])[0]]  # position 5: padding
+    assert sorted(ranks[0]._images) == [0, 2, 4] and sorted(ranks[1]._images) == [1, 3]
+    monkeypatch.setattr(D, "get_world_size", lambda: 2)
+    monkeypatch.setattr(D, "is_main_process", lambda: True)
+    monkeypatch.setattr(D, "all_gather_object", lambda obj: [(h._images, h._indicator) for h in ranks])
+    ranks[0].out_file = str(tmp_path / "two.npz")
+    ranks[0].after_test(runner)
+    a, b = np.load(tmp_path / "r0w1.npz"), np.load(tmp_path / "two.npz")
+    assert a["top_seen"].size > 7 and sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        assert np.array_equal(a[key], b[key]), key
 
 
 def test_top_scores_on_unseen_pixels_only(tmp_path):
