@@ -5,6 +5,8 @@
 - config files, scripts and split names the README names exist.
 - ``dvc exp run -S key=value`` overrides name keys that ``params.yaml`` has.
 - ``experiments/train.py`` lines (torchrun / srun): the script's parser accepts them.
+- ``sbatch`` lines name the shipped batch script with ``-S`` keys that ``params.yaml`` has (the script
+  itself runs in tests/test_engine/test_distributed.py).
 - the first two commands are ``make demo`` and ``make test``, and ``.ci/run`` runs exactly ``make test``.
 The DVC commands (``dvc repro``, ``metrics show``, ``plots show``, ``exp show``) run in test_pipeline.py.
 """
@@ -90,6 +92,20 @@ def test_dvc_overrides_name_existing_params():
         for part in key.split("."):
             assert isinstance(node, dict) and part in node, f"params.yaml has no {key}"
             node = node[part]
+
+
+def test_sbatch_lines_name_the_batch_script_and_existing_params():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    lines = [c for c in COMMANDS if c.startswith("sbatch ")]
+    assert lines
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[1] == "experiments/tools/slurm_repro.sh" and (REPO / argv[1]).is_file()
+        for key in [argv[i + 1].split("=")[0] for i, a in enumerate(argv) if a == "-S"]:
+            node = params
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"params.yaml has no {key}"
+                node = node[part]
 
 
 def test_launcher_commands_parse():
