@@ -439,9 +439,13 @@ class SideAdapterParent(nn.Module):
         bg = background_logit(z, self.bg_prototypes, s, self.bg_reduce)
         return torch.cat([cls, bg], dim=-1)
 
-    def forward(self, feats: Mapping, text_embeds: Tensor) -> dict:
+    def forward(self, feats: Mapping, text_embeds: Tensor, aux: bool = True) -> dict:
         """Returns ``dict(pred_logits B×N×(C+1), pred_masks B×N×(H/4)×(W/4), embeds B×N×D,
-        aux_outputs=[dict(pred_logits, pred_masks, embeds) per earlier decoder layer])``."""
+        aux_outputs=[dict(pred_logits, pred_masks, embeds) per earlier decoder layer])``.
+
+        ``aux=False`` (inference) predicts from the last decoder layer only and leaves ``aux_outputs``
+        empty: no layer reads an earlier layer's masks or logits, so the last layer's outputs are the
+        same, without the per-layer pixel features, masks and logits that only deep supervision uses."""
         images = feats["images"]
         clip_maps = self._clip_maps(feats)
         width = self.side.clip_proj[0][0].weight.shape[0] if len(self.side.clip_proj) else None
@@ -465,8 +469,10 @@ class SideAdapterParent(nn.Module):
             raise ValueError(f"embed_dim={self.embed_dim} but feats['dense_embed'] has {dense.shape[1]} channels")
         pixel = None if self.mrpe else self.mask_features(hires, mem, grid)
         outs = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             q, mem = layer(q, q_pos, mem, mem_pos)
+            if not aux and i < len(self.layers) - 1:
+                continue
             if self.mrpe:
                 pixel = self.mask_features(hires, mem, grid)
             qn = self.decoder_norm(q)
@@ -509,7 +515,7 @@ class SideAdapterParent(nn.Module):
     def predict(self, feats: Mapping, text_embeds: Tensor, seen_mask: Tensor | None = None,
                 size: tuple[int, int] | None = None) -> Tensor:
         """B×C×H×W semantic scores at ``size`` (default: the input image size)."""
-        out = self.forward(feats, text_embeds)
+        out = self.forward(feats, text_embeds, aux=False)
         logits = self.correct_logits(out, seen_mask)
         # Per-proposal outputs of the latest prediction, for analysis (the indicator ROC); not used for scores.
         self.last_aux = self.inference_aux(out)

@@ -463,3 +463,22 @@ def test_default_indicator_labels_do_not_depend_on_unseen_locations(fes):
     assert a["loss_bc"] > 0   # positives (mixed seen embeddings) and negatives (matched proposals) exist
     (c, _), (d, _) = run("virtual+ignore", False), run("virtual+ignore", True)
     assert not torch.equal(c["loss_bc"], d["loss_bc"])
+
+
+@pytest.mark.parametrize("mrpe", [True, False])
+def test_inference_forward_without_aux_outputs_equals_the_last_layer(mrpe):
+    """predict() runs the decoder with aux=False: the last layer's logits, masks and embeddings are bit-
+    identical to those of the full forward, and no earlier layer's outputs are made."""
+    torch.manual_seed(0)
+    model = AlignZeg(**tiny_kwargs(num_decoder_layers=3), mrpe=mrpe).eval()
+    feats, text = fake_feats(), text_embeds()
+    with torch.no_grad():
+        full = model.forward(feats, text)
+        last = model.forward(feats, text, aux=False)
+        scores = model.predict(feats, text, seen_mask=torch.tensor([True, True, False, False]))
+    assert len(full["aux_outputs"]) == 2 and last["aux_outputs"] == []
+    for key in ("pred_logits", "pred_masks", "embeds"):
+        assert torch.equal(full[key], last[key]), key
+    logits = model.correct_logits(full, torch.tensor([True, True, False, False]))
+    masks = F.interpolate(full["pred_masks"], size=(S, S), mode="bilinear", align_corners=False)
+    assert torch.equal(scores, semantic_inference(logits, masks))
