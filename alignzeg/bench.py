@@ -65,15 +65,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _timed(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
+def _timed_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``fn_a()`` and of ``fn_b()``, timed alternately (a, b, a, b, ...) after one
+    warm-up call of each, so that a drift of the machine's speed during the run affects both alike."""
+    fn_a()
+    fn_b()
+    times: tuple[list, list] = ([], [])
     for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        for fn, out in ((fn_a, times[0]), (fn_b, times[1])):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return float(np.median(times[0])), float(np.median(times[1]))
 
 
 def _config(size: str, method: str, data_root: Path):
@@ -115,8 +118,7 @@ def bench_inference(model, image: int, repeats: int) -> dict:
                   padding_size=[0, 0, 0, 0])]
     with torch.no_grad():
         model.encode_decode(x, metas)  # text embeddings computed once, outside the timing
-        t_clip = _timed(lambda: model.backbone(x), repeats)
-        t_method = _timed(lambda: model.encode_decode(x, metas), repeats)
+        t_clip, t_method = _timed_pair(lambda: model.backbone(x), lambda: model.encode_decode(x, metas), repeats)
     return {"seconds_per_image": t_method, "clip_encoder_seconds": t_clip, "ratio_to_clip": t_method / t_clip}
 
 
@@ -177,8 +179,7 @@ def bench_metric(num_classes: int, classes: list[str], unseen: list[str], n: int
         return total
 
     data = samples(n)
-    t_metric = _timed(lambda: run_metric(data), 3)
-    t_bare = _timed(lambda: bare(data), 3)
+    t_metric, t_bare = _timed_pair(lambda: run_metric(data), lambda: bare(data), 3)
     ref = bare(data).view(num_classes, num_classes).numpy()
     got = run_metric(data).results[0]
     assert (got["conf"] + got["last_conf"] == ref).all(), "metric and bincount disagree"
