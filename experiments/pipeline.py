@@ -236,19 +236,6 @@ def _launcher(params: dict) -> str:
     return params["base"].get("launcher", "none") if os.environ.get(LAUNCHED_ENV) else "none"
 
 
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def _distribute(params: dict, cfg) -> None:
     """A launched run's processes: the process group and the config's launcher and DDP wrapper."""
     launcher = _launcher(params)
@@ -307,14 +294,16 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
     from alignzeg.engine.run_state import FINGERPRINT_FILE, fingerprint_difference, run_fingerprint, \
         stripped_checkpoint
     from alignzeg.utils import atomic_write_bytes, atomic_write_json
-    from experiments.train import launched_processes, log_batch_size, prepare_runtime, set_run_state_hook
+    from mmengine.dist import barrier, get_rank, get_world_size
+
+    from experiments.train import log_batch_size, prepare_runtime, set_run_state_hook
 
     prepare_runtime()
     _set_threads(params)
     work = run_dir(params, name, seed, group)
     cfg = load_run_config(params, name, group)
     _distribute(params, cfg)
-    rank = _rank()
+    rank = get_rank()
     cfg.randomness = dict(cfg.get("randomness") or {}, seed=int(seed))
     cfg.work_dir = str(work)
     cfg.experiment_name = _run_name("", name, seed, group)
@@ -328,7 +317,7 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
             raise SystemExit(f"{name} seed {seed}: the inductive checkpoint {init} is not there (run the train "
                              f"stage of {name} first); self-training starts from it")
         inputs["init"] = str(init)
-    fp = run_fingerprint(cfg, seed, inputs, ignore=_FINGERPRINT_IGNORE, processes=launched_processes())
+    fp = run_fingerprint(cfg, seed, inputs, ignore=_FINGERPRINT_IGNORE, processes=get_world_size())
 
     if rank == 0:  # one process prepares the folder; the others wait for it
         if work.exists():
@@ -341,7 +330,7 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
         atomic_write_json(work / FINGERPRINT_FILE, fp)
         _run_text_cache(params["base"]["text_cache"], work)
         (work / "model.pth").unlink(missing_ok=True)
-    _barrier()
+    barrier()
     cfg.resume = (work / "last_checkpoint").is_file()
     cfg.load_from = None
     if init is not None and not cfg.resume:
@@ -369,7 +358,7 @@ def train_run(params: dict, name: str, seed: int, group: str = "", extra_hooks: 
         buf = io.BytesIO()
         torch.save(stripped_checkpoint(load_checkpoint_file(ckpt)), buf)
         atomic_write_bytes(final, buf.getvalue())
-    _barrier()  # every process evaluates the file rank 0 wrote
+    barrier()  # every process evaluates the file rank 0 wrote
     return final
 
 
@@ -530,14 +519,16 @@ def _evaluate_pass(params: dict, name: str, seed: int, group: str, checkpoint: P
     missing = [k for k in FLAT_METRICS if k not in flat]
     if missing:
         raise RuntimeError(f"{name}: the evaluator returned no {missing}")
-    if _rank() == 0:  # every process holds the same (broadcast) metrics; one writes them
+    from mmengine.dist import barrier, get_rank
+
+    if get_rank() == 0:  # every process holds the same (broadcast) metrics; one writes them
         atomic_write_json(out / "metrics.json", flat)
         atomic_write_json(out / "protocol.json", run_protocol(cfg))
         if group == ABLATION:
             atomic_write_json(out / "components.json", variant_components(name))
         print(json.dumps({"method": name, "seed": seed, "split": split,
                           **{k: round(v, 2) for k, v in flat.items()}}))
-    _barrier()
+    barrier()
     return flat
 
 
@@ -714,10 +705,6 @@ def main(argv: list[str] | None = None) -> int:
     cmd = launch_command(params, list(sys.argv[1:] if argv is None else argv))
     if cmd is not None:  # base.launcher: this stage runs in base.gpus processes started by the launcher
         return _launch(cmd)
-    if _launcher(params) != "none":
-        from experiments.train import init_processes
-
-        init_processes(_launcher(params))
     if args.command == "train":
         train_run(params, name, args.seed, group)
         if args.evaluate:  # the DVC train stages: one process trains and scores the run on test

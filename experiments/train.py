@@ -167,13 +167,6 @@ def setup_distributed(cfg) -> None:
     cfg.model_wrapper_cfg = wrapper
 
 
-def launched_processes() -> int:
-    """The number of processes of this run: the process group's size, else 1."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def log_batch_size(runner) -> None:
     """Log the effective batch size: processes x images per process (x gradient accumulation)."""
     cfg = runner.cfg
@@ -255,11 +248,13 @@ def add_run_state(cfg) -> dict:
     Resuming (``--resume``) from a checkpoint of another fingerprint then stops with an error naming
     what changed, instead of continuing another run. Returns the fingerprint.
     """
+    from mmengine.dist import get_world_size
+
     from alignzeg.engine.run_state import run_fingerprint
 
     seed = int((cfg.get("randomness") or {}).get("seed") or 0)
     fp = run_fingerprint(cfg, seed, config_inputs(cfg), ignore=("model.text.cache_dir",),
-                         processes=launched_processes())
+                         processes=get_world_size())
     set_run_state_hook(cfg, fp)
     return fp
 
