@@ -44,9 +44,11 @@ lock:
 	CUSTOM_COMPILE_COMMAND="make lock" $(LOCKTOOL)/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
 	  --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) -o $(LOCK) $(LOCK_INPUT)
 
-# Stages call `alignzeg` and `python`: run them from the venv.
+# Stages call `alignzeg` and `python`: run them from the venv. DEMO_JOBS stages run at once
+# (experiments/repro.py: one `dvc repro` per stage, in the DAG's order); DEMO_JOBS=1 is plain `dvc repro`.
+DEMO_JOBS ?= 2
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m experiments.repro --jobs $(DEMO_JOBS)
 
 test: $(STAMP)
 	$(VPY) -m pytest -q tests

@@ -136,6 +136,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "lr": _float(0.0, 1.0, lo_open=True),
         "num_scenes": _int(1),
         "num_heldout": _int(1),
+        "threads": _int(0, 256),
     },
     "text_embed": {
         "templates": _str(),

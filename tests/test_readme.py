@@ -8,7 +8,8 @@
 - ``sbatch`` lines name the shipped batch script with ``-S`` keys that ``params.yaml`` has (the script
   itself runs in tests/test_engine/test_distributed.py).
 - the first two commands are ``make demo`` and ``make test``, and ``.ci/run`` runs exactly ``make test``.
-The DVC commands (``dvc repro``, ``metrics show``, ``plots show``, ``exp show``) run in test_pipeline.py.
+The DVC commands (``dvc repro``, ``metrics show``, ``plots show``, ``exp show``) and ``make demo``'s driver
+(``python -m experiments.repro --jobs 2``) run in test_pipeline.py; the driver's lines parse here.
 """
 from __future__ import annotations
 
@@ -119,6 +120,17 @@ def test_launcher_commands_parse():
         parser = argparse.ArgumentParser(exit_on_error=False)
         train.add_arguments(parser)
         parser.parse_args([a if a != "CONFIG" else "x.py" for a in rest])
+
+
+def test_repro_driver_lines_parse():
+    from experiments.repro import build_parser
+
+    lines = [c for c in COMMANDS if c.startswith("python -m experiments.repro")]
+    assert lines, "the README shows how `make demo` runs the stages"
+    for line in lines:
+        build_parser().parse_args(shlex.split(line)[3:])
+    make = (REPO / "Makefile").read_text()
+    assert "-m experiments.repro --jobs $(DEMO_JOBS)" in make and "DEMO_JOBS ?= 2" in make
 
 
 def test_split_names_in_readme_are_shipped():
