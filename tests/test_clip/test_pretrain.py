@@ -189,3 +189,28 @@ def test_shape_contrast_groups_differ_only_in_shape():
     # the bad-name guard: classes not in the vocabulary are skipped
     none, _ = P.shape_contrast_images(np.random.default_rng(0), 2, 64, ["grass"])
     assert none.shape[0] == 0
+
+
+def test_sincos_position_embedding_by_hand():
+    """Row-major patches; columns: sin x, cos x, sin y, cos y at frequencies 1 / 10000^(k / q)."""
+    pe = P.sincos_position_embedding(3, 8)        # q = 2 frequencies: 1 and 1/100
+    assert pe.shape == (9, 8) and pe.dtype == torch.float32
+    for patch, (y, x) in enumerate([(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]):
+        want = [np.sin(x), np.sin(x / 100), np.cos(x), np.cos(x / 100),
+                np.sin(y), np.sin(y / 100), np.cos(y), np.cos(y / 100)]
+        np.testing.assert_allclose(pe[patch].numpy(), want, atol=1e-6)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        P.sincos_position_embedding(3, 6)
+
+
+def test_init_position_embedding_sets_patches_and_zero_class_token():
+    torch.manual_seed(0)
+    from alignzeg.clip.model import TINY_CLIP_CONFIG
+
+    model = build_clip(TINY_CLIP_CONFIG)
+    P.init_position_embedding(model)
+    pe = model.visual.positional_embedding.detach()
+    grid = int(round((pe.shape[0] - 1) ** 0.5))
+    assert torch.equal(pe[0], torch.zeros(pe.shape[1]))
+    assert torch.equal(pe[1:], P.sincos_position_embedding(grid, pe.shape[1]))
+    assert model.visual.positional_embedding.requires_grad   # still trained
