@@ -14,7 +14,7 @@ runs and is committed to ``dvc.lock`` (DVC merges each stage's entry under the l
 new stage starts; the running ones finish, and the exit status is the failed stage's. With ``--jobs 1``
 the stages run in the order ``dvc repro`` would use.
 
-Every stage start and end is a line ``[repro k/N] STAGE ...`` with its time, and the stage's own output
+Every stage start and end is a line ``[repro k/N done] STAGE ...`` with its time, and the stage's own output
 goes to the terminal as it comes. Why several jobs pay on a 2-core machine: a training stage with one
 torch thread uses a core better than one stage with two (README "Cost"), so the default study runs two
 stages at once with ``base.num_threads: 1``.
@@ -101,12 +101,11 @@ def schedule(order: list[str], upstream: dict[str, set[str]], jobs: int, start, 
                     if running:
                         continue  # waits until nothing runs
                     pending.remove(stage)
-                    say(f"[repro {len(done) + 1}/{total}] {stage}: started (alone)")
+                    say(f"[repro {len(done)}/{total} done] {stage}: started (alone)")
                     running[stage] = (start(stage), time.perf_counter())
                     break
                 pending.remove(stage)
-                say(f"[repro {len(done) + len(running) + 1}/{total}] {stage}: started "
-                    f"({len(running) + 1} running)")
+                say(f"[repro {len(done)}/{total} done] {stage}: started ({len(running) + 1} running)")
                 running[stage] = (start(stage), time.perf_counter())
         if not running:
             if failed is None and pending:  # nothing runs and nothing can start: a cycle
@@ -119,7 +118,7 @@ def schedule(order: list[str], upstream: dict[str, set[str]], jobs: int, start, 
             del running[stage]
             if rc == 0:
                 done.add(stage)
-                say(f"[repro {len(done)}/{total}] {stage}: finished in {time.perf_counter() - t0:.0f} s")
+                say(f"[repro {len(done)}/{total} done] {stage}: finished in {time.perf_counter() - t0:.0f} s")
             else:
                 say(f"[repro] {stage}: FAILED with exit status {rc} after {time.perf_counter() - t0:.0f} s"
                     + ("; waiting for the running stages, starting no new one" if running else ""))
