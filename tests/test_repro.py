@@ -123,27 +123,35 @@ def test_bad_graphs_and_job_counts_are_refused():
 
 
 STAGE = textwrap.dedent("""\
-    import json, sys, time
-    name, out = sys.argv[1], sys.argv[2]
-    t0 = time.time(); time.sleep(float(sys.argv[3]))
+    import json, os, sys, time
+    name, out, partner = sys.argv[1], sys.argv[2], sys.argv[3]
+    t0 = time.time()
+    open(f"{name}.started", "w").close()
+    if partner != "-":  # wait until the partner stage runs too: only possible if both run at once
+        while not os.path.exists(f"{partner}.started"):
+            if time.time() - t0 > 120:
+                sys.exit(f"{name}: {partner} did not start while {name} ran")
+            time.sleep(0.05)
     json.dump({"stage": name, "start": t0, "end": time.time()}, open(out, "w"))
     """)
 
 DVC_YAML = textwrap.dedent("""\
     stages:
       first:
-        cmd: python stage.py first first.json 0
+        cmd: python stage.py first first.json -
         deps: [stage.py]
         outs: [first.json]
       middle:
-        foreach: [a, b]
+        foreach:
+          a: {partner: b}
+          b: {partner: a}
         do:
-          cmd: python stage.py ${item} mid_${item}.json 2
+          cmd: python stage.py ${key} mid_${key}.json ${item.partner}
           deps: [first.json]
           outs:
-            - mid_${item}.json
+            - mid_${key}.json
       last:
-        cmd: python stage.py last last.json 0
+        cmd: python stage.py last last.json -
         deps: [mid_a.json, mid_b.json]
         outs: [last.json]
     """)
@@ -165,8 +173,8 @@ def test_two_jobs_run_independent_dvc_stages_at_once_and_commit_every_stage(tmp_
     assert res.returncode == 0, res.stdout + res.stderr
     times = {n: json.loads((tmp_path / f).read_text())
              for n, f in [("first", "first.json"), ("a", "mid_a.json"), ("b", "mid_b.json"), ("last", "last.json")]}
-    a, b = times["a"], times["b"]
-    assert a["start"] < b["end"] and b["start"] < a["end"], "the two middle stages did not overlap"
+    a, b = times["a"], times["b"]   # each middle stage waited for the other to start: they overlapped
+    assert a["start"] < b["end"] and b["start"] < a["end"]
     assert times["first"]["end"] <= min(a["start"], b["start"])
     assert max(a["end"], b["end"]) <= times["last"]["start"]
     assert "[repro] all 4 stages up to date" in res.stdout
