@@ -45,7 +45,7 @@ lock:
 	  --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) -o $(LOCK) $(LOCK_INPUT)
 
 # Stages call `alignzeg` and `python`: run them from the venv. DEMO_JOBS stages run at once
-# (experiments/repro.py: one `dvc repro` per stage, in the DAG's order); DEMO_JOBS=1 is plain `dvc repro`.
+# (experiments/repro.py: one `dvc repro` per stage, each after its upstream stages); DEMO_JOBS=1 runs them one by one.
 DEMO_JOBS ?= 2
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m experiments.repro --jobs $(DEMO_JOBS)

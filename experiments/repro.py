@@ -12,7 +12,7 @@ most ``--jobs`` at a time (stages in ``dvc.yaml`` order among the ready ones), l
 ``dvc repro`` decides as usual whether its stage changed: an unchanged stage is skipped, a changed one
 runs and is committed to ``dvc.lock`` (DVC merges each stage's entry under the lock). After a failure no
 new stage starts; the running ones finish, and the exit status is the failed stage's. With ``--jobs 1``
-the stages run in the order ``dvc repro`` would use.
+the stages run one at a time, each after its upstream stages, as in ``dvc repro``.
 
 Every stage start and end is a line ``[repro k/N done] STAGE ...`` with its time, and the stage's own output
 goes to the terminal as it comes. Why several jobs pay on a 2-core machine: a training stage with one
@@ -97,16 +97,14 @@ def schedule(order: list[str], upstream: dict[str, set[str]], jobs: int, start, 
             for stage in [s for s in pending if upstream.get(s, set()) <= done]:
                 if len(running) >= jobs:
                     break
-                if is_alone(stage):
-                    if running:
-                        continue  # waits until nothing runs
-                    pending.remove(stage)
-                    say(f"[repro {len(done)}/{total} done] {stage}: started (alone)")
-                    running[stage] = (start(stage), time.perf_counter())
-                    break
+                if is_alone(stage) and running:
+                    continue  # waits until nothing runs
                 pending.remove(stage)
-                say(f"[repro {len(done)}/{total} done] {stage}: started ({len(running) + 1} running)")
+                say(f"[repro {len(done)}/{total} done] {stage}: started "
+                    + ("(alone)" if is_alone(stage) else f"({len(running) + 1} running)"))
                 running[stage] = (start(stage), time.perf_counter())
+                if is_alone(stage):
+                    break
         if not running:
             if failed is None and pending:  # nothing runs and nothing can start: a cycle
                 raise ValueError(f"stage graph: {pending} can never start (their upstream stages do not finish)")

@@ -50,10 +50,10 @@ started at the 2-D sin-cos one (:func:`init_position_embedding`). Held-out regio
 classes (chance 2.5 %): 73.6 % seen / 84.2 % unseen; stuff 95.5 %, colour right for 97.4 % of object
 crops, shape-only accuracy 71.0 % (chance 20 %); the classes below 50 % are the six squares, read as the
 circle of their colour. With open_clip's random position init the same recipe gave 65.1 / 68.4 % and
-shape-only 57.0 %. Time: 767 s on 2 cores of the machine of the last ``make demo`` (about 120 s per
-epoch; an earlier, faster 2-core machine took 446 s for the same steps). Tried and not kept: 4 more
-groups per step of crops from whole scenes in which one object takes every shape (same accuracy after 4
-epochs, 61 % shape-only, and about 15 % more time per step).
+shape-only 57.0 %. Time: 767 s (the report's ``seconds``) on 2 cores of the machine of the last
+``make demo`` (about 120 s per epoch; an earlier, faster 2-core machine took 446 s for the same steps).
+Tried and not kept: 4 more groups per step of crops from whole scenes in which one object takes every
+shape (same accuracy after 4 epochs, 61 % shape-only, and about 15 % more time per step).
 
 Determinism: the model initialisation follows ``torch.manual_seed(seed)``; the data order and the
 augmentation of epoch ``e`` come from ``numpy.random.default_rng([seed, e])``, so a resumed run sees
