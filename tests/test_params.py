@@ -57,6 +57,7 @@ def test_hidden_keys_of_earlier_versions_are_refused():
     ("train", "deterministic", "yes", "train.deterministic: expected true or false"),
     ("pretrain_clip", "num_heldout", 0, "pretrain_clip.num_heldout: must be >= 1, got 0"),
     ("pretrain_clip", "lr", 0, "pretrain_clip.lr: must be > 0.0, got 0"),
+    ("pretrain_clip", "shape_loss", -1.0, "pretrain_clip.shape_loss: must be >= 0.0, got -1.0"),
     ("base", "seeds", [0, 0], "base.seeds: duplicate entries 0"),
     ("base", "seeds", [], "base.seeds: must not be empty"),
     ("base", "setting", "semi", "base.setting: must be one of ['inductive', 'transductive']"),

@@ -44,16 +44,23 @@ Outputs (each written atomically):
 * ``FILE.partial`` -- training state after each finished epoch; a later run with the same settings
   resumes from it, and it is removed at the end.
 
-Defaults (``params.yaml``): 6 epochs over 3000 scenes, 32 scenes + 64 crops + 8 shape groups per step,
-AdamW lr 2e-3 with 10 % warm-up and cosine decay, region weight 0.8, the image tower's position embedding
-started at the 2-D sin-cos one (:func:`init_position_embedding`). Held-out region accuracy over 40
-classes (chance 2.5 %): 73.6 % seen / 84.2 % unseen; stuff 95.5 %, colour right for 97.4 % of object
-crops, shape-only accuracy 71.0 % (chance 20 %); the classes below 50 % are the six squares, read as the
-circle of their colour. With open_clip's random position init the same recipe gave 65.1 / 68.4 % and
-shape-only 57.0 %. Time: 767 s (the report's ``seconds``) on 2 cores of the machine of the last
-``make demo`` (about 120 s per epoch; an earlier, faster 2-core machine took 446 s for the same steps).
-Tried and not kept: 4 more groups per step of crops from whole scenes in which one object takes every
-shape (same accuracy after 4 epochs, 61 % shape-only, and about 15 % more time per step).
+A third, optional term (``--shape-loss``): each shape render is also classified among the prompts of its
+own colour's classes only (one per shape), a cross-entropy at the same logit scale. With ``--text-lr-scale``
+below 1 the text tower learns more slowly than the image tower. Both answer a failure measured with the
+plain recipe: the prompts of a square and a circle of one colour drifted to cosine 0.998 (the report's
+``same_colour_prompt_cosine``) and their images to 0.98-0.99, after which the contrastive loss no longer
+asked the images to differ, and squares were read as circles (``shape_confusion``).
+
+Defaults (``params.yaml``): 6 epochs over 3000 scenes, 32 scenes + 64 crops + 16 shape groups per step,
+each render framed by its own box (``--shape-framing crop``), shape-only loss weight 2, AdamW lr 2e-3 with
+10 % warm-up and cosine decay (text tower at 0.05 × lr), region weight 0.8, the image tower's position
+embedding started at the 2-D sin-cos one (:func:`init_position_embedding`). Held-out region accuracy over
+40 classes (chance 2.5 %): 83.4 % seen / 80.5 % unseen; stuff 92.0 %, colour right for 96.8 % of object
+crops, shape-only accuracy 80.8 % (chance 20 %), lowest class 48.8 %; 745 s on 2 cores (the report's
+``seconds``). The previous defaults (8 groups drawn centred, no shape-only loss, one learning rate) gave
+73.6 / 84.2 % and shape-only 71.0 %, with the six squares at 0-12 %. Tried and not kept (README, "Tiny
+CLIP"): crop framing alone, a supervised contrastive loss between images, a slower text tower alone,
+the shape-only loss with 8 groups, and crops from whole scenes in which one object takes every shape.
 
 Determinism: the model initialisation follows ``torch.manual_seed(seed)``; the data order and the
 augmentation of epoch ``e`` come from ``numpy.random.default_rng([seed, e])``, so a resumed run sees
@@ -271,26 +278,61 @@ def jitter_boxes(box: np.ndarray, rng: np.random.Generator, size: int) -> np.nda
     return np.stack([x0, y0, x0 + side, y0 + side], axis=1)
 
 
-def shape_contrast_images(rng: np.random.Generator, n_groups: int, size: int, classes: list[str]):
-    """``n_groups`` groups of crop-like renders that differ only in shape: ``(N×3×H×W uint8, N labels)``.
+def frame_box(mask: np.ndarray, scale: float, shift) -> tuple[float, float, float, float]:
+    """The crop box of an object mask as the region crops frame it, with a given jitter.
+
+    The square box around the mask's pixels with a 15 % margin and a 12-px minimum side
+    (:func:`find_regions`), its side multiplied by ``scale`` and its centre moved by ``shift`` (x, y) times
+    the side, as :func:`jitter_boxes` does, then shifted (not cut) to lie inside the image.
+    """
+    size = mask.shape[0]
+    ys, xs = np.nonzero(mask)
+    x0, y0, x1, y1 = _square_box(xs.min(), ys.min(), xs.max() + 1.0, ys.max() + 1.0, 0.15, 12.0, size)
+    side0 = x1 - x0
+    side = min(side0 * float(scale), size)
+    bx = min(max((x0 + x1) / 2 + float(shift[0]) * side0 - side / 2, 0.0), size - side)
+    by = min(max((y0 + y1) / 2 + float(shift[1]) * side0 - side / 2, 0.0), size - side)
+    return bx, by, bx + side, by + side
+
+
+def shape_contrast_images(rng: np.random.Generator, n_groups: int, size: int, classes: list[str],
+                          framing: str = "crop"):
+    """``n_groups`` groups of renders that differ only in shape: ``(N×3×H×W uint8, N labels)``.
 
     Each group draws a colour, a stuff background, a position, a size and an appearance seed, and renders
     one object of that colour in every shape with exactly that appearance (textures, colour jitter and
-    noise come from the same seed). The object fills the frame as the region crops do (radius 30-40 % of
-    the side). Within a batch these are hard negatives for each other that only shape can separate; the
-    region loss compares them with the prompts of all classes like any other crop.
+    noise come from the same seed). Within a batch these are hard negatives for each other that only
+    shape can separate; the region loss compares them with the prompts of all classes like any other crop.
+
+    ``framing``:
+
+    * ``"crop"`` (default): the object is drawn at scene scale (radius in
+      :data:`~alignzeg.data.synthetic.RADIUS_RANGE`) and each shape is cut out as the region crops are,
+      its own bounding box with a 15 % margin (:func:`find_regions`), then scaled and shifted by one
+      jitter shared by the group (:func:`jitter_boxes`'s ranges) and resized to ``size``. Every shape
+      then fills its frame as it does in a held-out crop, whatever its extent.
+    * ``"centred"``: the object is drawn centred at radius 30-40 % of the side and not cropped. The shapes
+      then differ in extent too (at one radius a square's side is 1.6 r, a circle's diameter 2 r), so the
+      groups teach a size cue that region crops, which are framed by each object's own box, do not have.
     """
     import torch
 
     from alignzeg.data import synthetic as S
 
+    if framing not in ("crop", "centred"):
+        raise ValueError(f"shape_contrast_images: framing must be 'crop' or 'centred', got {framing!r}")
     index = {c: i for i, c in enumerate(classes)}
-    imgs, labels = [], []
+    imgs, labels, boxes = [], [], []
     for _ in range(n_groups):
         colour = list(S.COLOURS)[int(rng.integers(len(S.COLOURS)))]
         stuff = (S.STUFF[int(rng.integers(len(S.STUFF)))],)
-        r = rng.uniform(0.30, 0.40) * size
-        cx, cy = (0.5 + rng.uniform(-0.06, 0.06, size=2)) * size
+        if framing == "crop":
+            r = rng.uniform(*S.RADIUS_RANGE) * size
+            cx, cy = rng.uniform(r, size - r, size=2)
+            scale, shift = rng.uniform(0.9, 1.25), rng.uniform(-0.1, 0.1, size=2)
+        else:
+            r = rng.uniform(0.30, 0.40) * size
+            cx, cy = (0.5 + rng.uniform(-0.06, 0.06, size=2)) * size
         angle = rng.uniform(-0.35, 0.35)
         seed = int(rng.integers(2 ** 31))
         for shape in S.SHAPES:
@@ -303,10 +345,16 @@ def shape_contrast_images(rng: np.random.Generator, n_groups: int, size: int, cl
             image, _ = S.render(spec, np.random.default_rng(seed), size)
             imgs.append(image)
             labels.append(index[name])
+            if framing == "crop":
+                boxes.append(frame_box(S.shape_mask(shape, float(cx), float(cy), float(r), float(a), size),
+                                       scale, shift))
     if not imgs:
         return torch.zeros((0, 3, size, size), dtype=torch.uint8), np.zeros(0, np.int64)
-    return (torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous(),
-            np.asarray(labels, dtype=np.int64))
+    out = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+    if framing == "crop":
+        crops = crop_regions(out.float(), torch.tensor(boxes, dtype=torch.float64), size)
+        out = crops.round().clamp(0, 255).to(torch.uint8)
+    return out, np.asarray(labels, dtype=np.int64)
 
 
 class TextTable:
@@ -418,6 +466,7 @@ def evaluate(model, tokenizer, split, held: CaptionedImages, image_size: int, st
     is_obj = np.isin(gt, list(groups))
     class_accs = [c["acc"] for c in per_class if c["acc"] is not None]
     colour_of = {c: classes[c].split(" ", 1)[0] for c in groups}
+    shapes = sorted({_shape_of(classes[c]) for c in groups}, key=_shape_order)
     return _nan_to_none({
         "prompt": PROMPT,
         "vocabulary": "all classes",
@@ -439,6 +488,9 @@ def evaluate(model, tokenizer, split, held: CaptionedImages, image_size: int, st
         "acc_colour_only": (float(np.mean([colour_of.get(int(p)) == colour_of[int(g)]
                                            for p, g in zip(pred[is_obj], gt[is_obj])]) * 100)
                             if is_obj.any() else float("nan")),
+        "shapes": shapes,
+        "shape_confusion": shape_confusion(gt[is_obj], pred_shape[is_obj], classes, shapes),
+        "same_colour_prompt_cosine": same_colour_prompt_cosine(text.numpy(), classes, groups, shapes),
         "acc_unseen_within_unseen_vocab": (float((pred_u[u_mask] == gt[u_mask]).mean() * 100)
                                            if u_mask.any() and len(pred_u) else float("nan")),
         "chance_acc_within_unseen_vocab": 100.0 / len(uid) if uid else float("nan"),
@@ -461,6 +513,57 @@ def same_colour_groups(classes: list[str], stuff_ids) -> dict[int, list[int]]:
         if i not in stuff_ids and " " in name:
             by_colour.setdefault(name.split(" ", 1)[0], []).append(i)
     return {i: ids for ids in by_colour.values() if len(ids) > 1 for i in ids}
+
+
+def _shape_of(name: str) -> str:
+    return name.split(" ", 1)[1]
+
+
+def _shape_order(shape: str):
+    """The generator's shape order first (circle, square, ...), then any other shape by name."""
+    from alignzeg.data.synthetic import SHAPES
+
+    return (SHAPES.index(shape), "") if shape in SHAPES else (len(SHAPES), shape)
+
+
+def shape_confusion(gt, pred_shape, classes: list[str], shapes: list[str]) -> list[list[int]]:
+    """Counts of the shape-only task: row = true shape, column = the shape chosen among the classes of
+    the object's own colour (``pred_shape`` from :func:`evaluate`; entries < 0, no same-colour group, and
+    ground truths whose class is not an object of ``shapes`` are skipped)."""
+    k = {s: i for i, s in enumerate(shapes)}
+    out = np.zeros((len(shapes), len(shapes)), dtype=np.int64)
+    for g, p in zip(np.asarray(gt), np.asarray(pred_shape)):
+        if p < 0 or " " not in classes[int(g)]:
+            continue
+        a, b = _shape_of(classes[int(g)]), _shape_of(classes[int(p)])
+        if a in k and b in k:
+            out[k[a], k[b]] += 1
+    return out.tolist()
+
+
+def same_colour_prompt_cosine(text_emb, classes: list[str], groups: dict[int, list[int]],
+                              shapes: list[str]) -> list[list[float | None]]:
+    """Mean cosine between the prompt embeddings of two shapes of the same colour (``shapes`` × ``shapes``,
+    averaged over the colours that have both; None where none has).
+
+    ``text_emb`` C×D L2-normalised prompt embeddings. Two prompts at a cosine near 1 cannot be told apart
+    by any image, so this shows a shape the text tower has merged with another (the prompts of a square
+    and a circle of one colour, for instance), which the shape-only accuracy alone does not.
+    """
+    k = {s: i for i, s in enumerate(shapes)}
+    sums = np.zeros((len(shapes), len(shapes)))
+    counts = np.zeros((len(shapes), len(shapes)), dtype=np.int64)
+    emb = np.asarray(text_emb, dtype=np.float64)
+    seen_groups = {tuple(g) for g in groups.values()}
+    for g in seen_groups:
+        for a in g:
+            for b in g:
+                sa, sb = _shape_of(classes[a]), _shape_of(classes[b])
+                if sa in k and sb in k:
+                    sums[k[sa], k[sb]] += float(emb[a] @ emb[b])
+                    counts[k[sa], k[sb]] += 1
+    return [[float(sums[i, j] / counts[i, j]) if counts[i, j] else None for j in range(len(shapes))]
+            for i in range(len(shapes))]
 
 
 def _nan_to_none(d: dict) -> dict:
@@ -510,14 +613,20 @@ def init_position_embedding(model) -> None:
         pe[1:] = sincos_position_embedding(grid, pe.shape[1]).to(pe.dtype)
 
 
-def _param_groups(model, weight_decay: float):
-    decay, no_decay = [], []
+def _param_groups(model, weight_decay: float, text_lr_scale: float = 1.0):
+    """AdamW groups: decay or not (gains, biases, logit scale and embeddings are not decayed), and the
+    text tower (every parameter outside ``visual.`` but the logit scale) at ``text_lr_scale`` times the
+    learning rate (the ``lr_scale`` entry each step multiplies in)."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         exclude = p.ndim < 2 or "embedding" in name  # gains, biases, logit scale, embeddings
-        (no_decay if exclude else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        text = not name.startswith("visual.") and name != "logit_scale"
+        groups.setdefault((exclude, text), []).append(p)
+    return [{"params": ps, "weight_decay": 0.0 if exclude else weight_decay,
+             "lr_scale": text_lr_scale if text else 1.0}
+            for (exclude, text), ps in sorted(groups.items())]
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -536,12 +645,14 @@ def _signature(args, data_meta: dict) -> dict:
             "num_scenes": args.num_scenes, "num_heldout": args.num_heldout,
             "generator": {k: data_meta.get(k) for k in GENERATOR_KEYS}, "crops_per_image": args.crops_per_image,
             "region_weight": args.region_weight, "shape_groups": args.shape_groups,
-            "position_init": args.position_init}
+            "position_init": args.position_init, "shape_framing": args.shape_framing,
+            "text_lr_scale": args.text_lr_scale, "shape_loss": args.shape_loss}
 
 
 def train_clip(args):
     """Run pre-training as configured by the parsed ``args``; return ``(model, report dict)``."""
     import torch
+    import torch.nn.functional as F
 
     from alignzeg.clip.model import TINY_CLIP_CONFIG, build_clip, clip_tokenizer, save_clip
     from alignzeg.utils import atomic_write_bytes, atomic_write_json
@@ -551,6 +662,9 @@ def train_clip(args):
         torch.set_num_threads(int(args.threads))
     if not 0.0 <= args.region_weight <= 1.0:
         raise ValueError(f"--region-weight must be in [0, 1], got {args.region_weight}")
+    for name in ("shape_loss", "text_lr_scale"):
+        if not getattr(args, name) >= 0.0:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(args, name)}")
     for name in ("epochs", "batch_size", "crops_per_image"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -580,8 +694,8 @@ def train_clip(args):
     if args.position_init == "sincos":
         init_position_embedding(model)
     model.train()
-    opt = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
-                            foreach=True)
+    opt = torch.optim.AdamW(_param_groups(model, args.weight_decay, args.text_lr_scale), lr=args.lr,
+                            betas=(0.9, 0.98), eps=1e-6, foreach=True)
     steps_per_epoch = max(1, len(train_set.stems) // args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     warmup = max(1, int(round(args.warmup * total_steps)))
@@ -607,16 +721,18 @@ def train_clip(args):
 
         bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc="pretrain-clip", unit="step")
     max_scale = math.log(100.0)
+    same_colour = {c: np.asarray(g, dtype=np.int64)
+                   for c, g in same_colour_groups(list(split.classes), stuff_ids).items()}
     for epoch in range(start_epoch, args.epochs):
         model.train()
         plan, rng = epoch_plan(args.seed, epoch, len(train_set.stems), len(train_set.regions),
                                args.batch_size, args.crops_per_image)
-        sums = {"loss": 0.0, "loss_scene": 0.0, "loss_region": 0.0}
+        sums = {"loss": 0.0, "loss_scene": 0.0, "loss_region": 0.0, "loss_shape": 0.0}
         t_epoch = time.perf_counter()
         for s, (scene_idx, region_idx) in enumerate(plan):
             step = epoch * steps_per_epoch + s
             for group in opt.param_groups:
-                group["lr"] = args.lr * lr_factor(step, total_steps, warmup)
+                group["lr"] = args.lr * lr_factor(step, total_steps, warmup) * group["lr_scale"]
             scenes = train_set.images[torch.from_numpy(scene_idx)].float()
             flip = torch.from_numpy(rng.random(len(scene_idx)) < 0.5)
             scenes[flip] = scenes[flip].flip(-1)
@@ -630,9 +746,10 @@ def train_clip(args):
                 crops[flip_c] = crops[flip_c].flip(-1)
                 parts.append(crops)
             region_labels = reg.label[region_idx]
+            shape_labels = np.zeros(0, np.int64)
             if args.shape_groups:
                 shape_imgs, shape_labels = shape_contrast_images(rng, args.shape_groups, image_size,
-                                                                 list(split.classes))
+                                                                 list(split.classes), args.shape_framing)
                 parts.append(shape_imgs.float())
                 region_labels = np.concatenate([region_labels, shape_labels])
             img_emb = model.encode_image(_normalise(torch.cat(parts)), normalize=True)
@@ -640,15 +757,22 @@ def train_clip(args):
             tok, inv = table.batch(cap_ids[scene_idx])
             loss_scene = contrastive_loss(img_emb[: len(scene_idx)], model.encode_text(tok, normalize=True),
                                           inv, scale)
+            loss_region = loss_shape = torch.zeros(())
             if len(region_labels):
                 # every class prompt takes part, so each crop is contrasted with all other classes
                 # (in particular the same colour with other shapes), not only those in the batch
-                loss_region = contrastive_loss(img_emb[len(scene_idx):],
-                                               model.encode_text(prompt_tokens, normalize=True),
+                prompt_emb = model.encode_text(prompt_tokens, normalize=True)
+                loss_region = contrastive_loss(img_emb[len(scene_idx):], prompt_emb,
                                                torch.from_numpy(region_labels), scale)
-            else:
-                loss_region = torch.zeros(())
-            loss = (1.0 - args.region_weight) * loss_scene + args.region_weight * loss_region
+                if args.shape_loss > 0 and len(shape_labels):
+                    # the renders' shape-only task: each against the prompts of its own colour's classes
+                    options = torch.from_numpy(np.stack([same_colour[int(c)] for c in shape_labels]))
+                    target = (options == torch.from_numpy(shape_labels)[:, None]).float().argmax(1)
+                    shape_emb = img_emb[len(img_emb) - len(shape_labels):]
+                    loss_shape = F.cross_entropy(scale * (shape_emb[:, None, :] * prompt_emb[options]).sum(-1),
+                                                 target)
+            loss = ((1.0 - args.region_weight) * loss_scene + args.region_weight * loss_region
+                    + args.shape_loss * loss_shape)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"pretrain-clip: loss became {loss.item()} at epoch {epoch + 1}, "
                                          f"step {s + 1}; lower --lr")
@@ -660,6 +784,7 @@ def train_clip(args):
             sums["loss"] += loss.item()
             sums["loss_scene"] += loss_scene.item()
             sums["loss_region"] += loss_region.item()
+            sums["loss_shape"] += loss_shape.item()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
@@ -721,7 +846,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape-groups", type=int, default=0,
                         help="per step, groups of renders that differ only in shape (5 images each) added to "
                              "the region crops as hard negatives")
+    parser.add_argument("--shape-framing", choices=("crop", "centred"), default="crop",
+                        help="how the shape groups are framed: each shape cut out by its own box like a region "
+                             "crop, or drawn centred at one radius (shapes then differ in extent)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    parser.add_argument("--shape-loss", type=float, default=0.0,
+                        help="weight of the shape-only loss on the shape renders: cross-entropy over the prompts "
+                             "of the render's own colour, one per shape (0: none)")
+    parser.add_argument("--text-lr-scale", type=float, default=1.0,
+                        help="the text tower's learning rate as a multiple of --lr")
     parser.add_argument("--position-init", choices=("sincos", "random"), default="sincos",
                         help="image-tower position embedding at the start: 2-D sin-cos (MoCo v3) or open_clip's "
                              "random init")
@@ -749,4 +882,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"held-out zero-shot region accuracy over {h['num_classes']} classes (chance {h['chance_acc']:.1f} %): "
           f"seen {pct(h['acc_seen'])}, unseen {pct(h['acc_unseen'])}; "
           f"scene->caption R@1 {pct(h['scene_caption_recall_at_1'])} of {h['num_scenes']}")
+    worst = most_confused_shape(h)
+    if worst is not None:
+        true, chosen, share, cos = worst
+        print(f"shape-only accuracy {pct(h['acc_shape_only'])}; most confused: {true} read as {chosen} in "
+              f"{share:.0f} % of its crops (their same-colour prompts at cosine {cos:.3f})")
     return 0
+
+
+def most_confused_shape(heldout: dict):
+    """``(true shape, chosen shape, % of the true shape's crops, prompt cosine)`` of the largest
+    off-diagonal share of the shape confusion, or None without object crops."""
+    conf = np.asarray(heldout.get("shape_confusion") or [], dtype=float)
+    if conf.size == 0 or conf.sum() == 0:
+        return None
+    rows = conf.sum(1, keepdims=True)
+    share = np.divide(conf, rows, out=np.zeros_like(conf), where=rows > 0)
+    np.fill_diagonal(share, -1.0)
+    i, j = np.unravel_index(int(np.argmax(share)), share.shape)
+    shapes = heldout["shapes"]
+    cos = heldout["same_colour_prompt_cosine"][i][j]
+    return shapes[i], shapes[j], float(share[i, j] * 100), float("nan") if cos is None else float(cos)

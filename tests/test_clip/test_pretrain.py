@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import numpy as np
 import pytest
@@ -115,6 +116,13 @@ def test_report_numbers_are_consistent(trained):
     if n_unseen:
         assert h["acc_unseen"] == pytest.approx(100 * np.diag(conf)[unseen].sum() / n_unseen)
     assert report["num_heldout_images"] == 6 and h["num_scenes"] == 6
+    # the shape-only confusion counts every object crop once and its diagonal is the shape-only accuracy
+    sc = np.asarray(h["shape_confusion"])
+    assert h["shapes"] == list(S.SHAPES) and sc.shape == (5, 5)
+    assert sc.sum() == sum(c["n"] for c in h["per_class"] if c["class"] not in S.STUFF)
+    assert h["acc_shape_only"] == pytest.approx(100 * np.trace(sc) / sc.sum())
+    cos = np.asarray(h["same_colour_prompt_cosine"], dtype=float)
+    assert np.allclose(np.diag(cos), 1.0, atol=1e-5) and np.allclose(cos, cos.T)
 
 
 def test_deterministic_and_resumable(trained, data, tmp_path, monkeypatch, capsys):
@@ -174,9 +182,9 @@ def test_nothing_held_out_gives_null_accuracies(data, tmp_path):
 
 
 def test_shape_contrast_groups_differ_only_in_shape():
-    """Each group: the 5 shapes of one colour, same background pixels wherever no object is drawn."""
+    """Centred framing: each group is the 5 shapes of one colour, same background wherever no object is."""
     names = S.class_names()
-    imgs, labels = P.shape_contrast_images(np.random.default_rng(3), 3, 64, names)
+    imgs, labels = P.shape_contrast_images(np.random.default_rng(3), 3, 64, names, "centred")
     assert imgs.shape == (15, 3, 64, 64) and imgs.dtype == torch.uint8
     for g in range(3):
         group = [names[k] for k in labels[g * 5:(g + 1) * 5]]
@@ -189,6 +197,49 @@ def test_shape_contrast_groups_differ_only_in_shape():
     # the bad-name guard: classes not in the vocabulary are skipped
     none, _ = P.shape_contrast_images(np.random.default_rng(0), 2, 64, ["grass"])
     assert none.shape[0] == 0
+    with pytest.raises(ValueError, match="framing"):
+        P.shape_contrast_images(np.random.default_rng(0), 1, 64, names, "tight")
+
+
+def test_frame_box_by_hand():
+    """Box of a 10x6 rectangle at x 20..29, y 30..35: side 10 * 1.3 = 13 around centre (25, 33)."""
+    mask = np.zeros((64, 64), bool)
+    mask[30:36, 20:30] = True
+    assert P.frame_box(mask, 1.0, (0.0, 0.0)) == pytest.approx((18.5, 26.5, 31.5, 39.5))
+    # scale 1.2 -> side 15.6; shift 0.1 of the unscaled side (13) moves the centre by 1.3 in x
+    assert P.frame_box(mask, 1.2, (0.1, -0.1)) == pytest.approx((25 + 1.3 - 7.8, 33 - 1.3 - 7.8,
+                                                                 25 + 1.3 + 7.8, 33 - 1.3 + 7.8))
+    # near the border the box is shifted inside, not cut: side stays 13
+    edge = np.zeros((64, 64), bool)
+    edge[0:4, 60:64] = True
+    assert P.frame_box(edge, 1.0, (0.0, 0.0)) == pytest.approx((52.0, 0.0, 64.0, 12.0))   # 12-px minimum side
+
+
+def test_shape_groups_crop_framing_frames_every_shape_alike():
+    """Crop framing (default): each shape fills its crop as a region crop does, whatever its extent.
+
+    The object extent in the crop is measured by cropping each shape's own mask with its box; at one
+    radius an unrotated square spans 1.6 r and a circle 2 r, so in centred framing they differ by 20 %,
+    while cut out by their own boxes they span the same share of the frame (1 / (1.3 * scale)).
+    """
+    names = S.class_names()
+    imgs, labels = P.shape_contrast_images(np.random.default_rng(4), 3, 64, names)
+    assert imgs.shape == (15, 3, 64, 64) and imgs.dtype == torch.uint8
+    group = [names[k] for k in labels[:5]]
+    assert [n.split(" ", 1)[1] for n in group] == list(S.SHAPES) and len({n.split()[0] for n in group}) == 1
+
+    def extent(mask, box):
+        m = torch.from_numpy(mask.astype(np.float32))[None, None]
+        crop = P.crop_regions(m, torch.tensor([box], dtype=torch.float64), 64)[0, 0] > 0.5
+        ys, xs = np.nonzero(crop.numpy())
+        return max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / 64
+
+    masks = {sh: S.shape_mask(sh, 32.0, 32.0, 12.0, 0.0, 64) for sh in ("circle", "square")}
+    framed = {sh: extent(m, P.frame_box(m, 1.0, (0.0, 0.0))) for sh, m in masks.items()}
+    assert framed["square"] == pytest.approx(1 / 1.3, abs=0.04)
+    assert framed["circle"] == pytest.approx(1 / 1.3, abs=0.04)
+    fixed = {sh: extent(m, (0.0, 0.0, 64.0, 64.0)) for sh, m in masks.items()}
+    assert fixed["square"] / fixed["circle"] == pytest.approx(0.8, abs=0.05)
 
 
 def test_sincos_position_embedding_by_hand():
@@ -214,3 +265,32 @@ def test_init_position_embedding_sets_patches_and_zero_class_token():
     assert torch.equal(pe[0], torch.zeros(pe.shape[1]))
     assert torch.equal(pe[1:], P.sincos_position_embedding(grid, pe.shape[1]))
     assert model.visual.positional_embedding.requires_grad   # still trained
+
+
+def test_shape_confusion_by_hand():
+    """Rows true shape, columns the chosen shape; stuff and 'no group' (-1) entries are skipped."""
+    classes = ["grass", "red circle", "red square", "blue circle", "blue square"]
+    gt = [1, 1, 2, 2, 2, 4, 0, 3]
+    pred = [1, 2, 1, 1, 2, 3, 0, -1]
+    assert P.shape_confusion(gt, pred, classes, ["circle", "square"]) == [[1, 1], [3, 1]]
+
+
+def test_same_colour_prompt_cosine_by_hand():
+    """Mean over colours of the cosine between the two shapes' prompts; a missing pair gives None."""
+    classes = ["grass", "red circle", "red square", "blue circle", "blue square", "green circle"]
+    s2 = 2 ** -0.5
+    emb = np.array([[0, 0, 1], [1, 0, 0], [s2, s2, 0], [0, 1, 0], [0, 1, 0], [1, 0, 0]], dtype=float)
+    groups = P.same_colour_groups(classes, {0})
+    assert 5 not in groups            # green has one shape only: no group
+    cos = P.same_colour_prompt_cosine(emb, classes, groups, ["circle", "square", "ring"])
+    assert cos[0][1] == pytest.approx((s2 + 1.0) / 2) and cos[1][0] == pytest.approx(cos[0][1])
+    assert cos[0][0] == pytest.approx(1.0) and cos[1][1] == pytest.approx(1.0)
+    assert cos[2] == [None, None, None] and cos[0][2] is None
+
+
+def test_most_confused_shape_by_hand():
+    h = {"shapes": ["circle", "square", "ring"],
+         "shape_confusion": [[9, 1, 0], [6, 3, 1], [0, 0, 4]],
+         "same_colour_prompt_cosine": [[1.0, 0.99, 0.2], [0.99, 1.0, 0.1], [0.2, 0.1, 1.0]]}
+    assert P.most_confused_shape(h) == ("square", "circle", pytest.approx(60.0), 0.99)
+    assert P.most_confused_shape({"shapes": [], "shape_confusion": []}) is None
