@@ -239,7 +239,7 @@ def _class_query_cosine(queries):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_input_projection_makes_class_queries_alike_at_init(seed):
-    # The cause of ZegCLIP's collapse in the synthetic study (README "Why ZegCLIP collapsed"): at init the
+    # The cause of ZegCLIP's collapse in the synthetic study (README "Why ZegCLIP collapsed, and the fix"): at init the
     # attention is uniform, so every class query receives the same attention output. On unit-norm CLIP
     # tokens (use_proj=False, as released) that output is as small as the queries and the classes stay
     # apart; behind Linear + LayerNorm (use_proj=True) the tokens have unit variance per channel, the shared
@@ -255,10 +255,8 @@ def test_input_projection_makes_class_queries_alike_at_init(seed):
         torch.manual_seed(seed)
         decoder = ZegCLIPDecoder(d, d, num_layers=1, num_heads=4, use_proj=use_proj).eval()
         with torch.no_grad():
-            memory = decoder.input_proj(tokens.flatten(2).transpose(1, 2))
-            query = decoder.q_proj(relationship_descriptor(text, image))
-            before = _class_query_cosine(query)
-            after = _class_query_cosine(decoder.layers[0](query, memory)[0])
+            before = _class_query_cosine(decoder.q_proj(relationship_descriptor(text, image)))
+            after = _class_query_cosine(decoder(tokens, image, text)["queries"])  # after its one layer
         cosines[use_proj] = (before, after)
     (before, after), (before_p, after_p) = cosines[False], cosines[True]
     assert before < 0.25 and before_p < 0.25  # distinct classes at the decoder's input either way
