@@ -283,6 +283,7 @@ def test_paper_profile_builds_every_run_config():
         comps = P.variant_components(variant)
         cfg = P.method_config(params, params["ablate"]["method"], comps)
         assert {c: cfg.model.decode_head[c] for c in P.COMPONENTS} == comps
+    assert params["self_train"]["methods"] == params["train"]["methods"]   # the profile turns them on
     for method in params["self_train"]["methods"]:   # the transductive rows at paper scale
         cfg = P.method_config(params, method, section="self_train")
         assert cfg.model.self_training.unlabelled_index == 254 and cfg.train_cfg.max_iters == 10000

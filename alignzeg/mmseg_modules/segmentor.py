@@ -309,6 +309,24 @@ class ZeroShotEncoderDecoder(BaseSegmentor):
         seg_logits = self.inference(inputs, batch_img_metas, self._active("all"))
         return self.postprocess_result(seg_logits, data_samples)
 
+    def postprocess_result(self, seg_logits: Tensor, data_samples: OptSampleList = None) -> SampleList:
+        """mmseg's ``postprocess_result`` (``seg_logits`` and the argmax ``pred_sem_seg`` per sample), without
+        its bilinear resize where that resize is the identity: every sample unpadded, unflipped and with
+        ``ori_shape`` equal to the logits' size, as in the synthetic benchmark's evaluation. Same values
+        (a same-size bilinear resize copies); it skips one interpolation per image (~1.5 ms at 64×64 on CPU,
+        a tenth of a run's evaluation). Anything else goes through mmseg's."""
+        from mmengine.structures import PixelData
+
+        size = tuple(seg_logits.shape[-2:])
+        if (data_samples is None or seg_logits.shape[1] < 2
+                or not all(_at_original_size(ds.metainfo, size) for ds in data_samples)):
+            return super().postprocess_result(seg_logits, data_samples)
+        for i, ds in enumerate(data_samples):
+            logits = seg_logits[i]
+            ds.set_data({"seg_logits": PixelData(data=logits),
+                         "pred_sem_seg": PixelData(data=logits.argmax(dim=0, keepdim=True))})
+        return data_samples
+
     def _forward(self, inputs: Tensor, data_samples: OptSampleList = None) -> Tensor:
         """Tensor mode: B×C×H×W logits (vocabulary by ``self.training`` unless overridden)."""
         which = self._active(self.train_vocabulary if self.training else "all")
@@ -360,6 +378,14 @@ class ZeroShotEncoderDecoder(BaseSegmentor):
         if (count == 0).any():
             raise RuntimeError("slide inference left pixels uncovered; check test_cfg crop_size/stride")
         return preds / count
+
+
+def _at_original_size(meta: dict, size: tuple[int, int]) -> bool:
+    """Whether mmseg's post-processing of logits of ``size`` would neither crop, flip nor resize them."""
+    padding = meta.get("img_padding_size", meta.get("padding_size", [0] * 4))
+    ori = meta.get("ori_shape")
+    return (ori is not None and tuple(ori[:2]) == tuple(size) and not meta.get("flip")
+            and all(int(p) == 0 for p in padding))
 
 
 def _pair(value: Sequence[int] | int) -> tuple[int, int]:

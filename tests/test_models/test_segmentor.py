@@ -131,6 +131,31 @@ def test_val_and_test_step_use_the_full_vocabulary(tmp_path):
         assert torch.equal(out[0].pred_sem_seg.data[0], out[0].seg_logits.data.argmax(0))
 
 
+def test_postprocess_skips_only_the_identity_resize(tmp_path):
+    """The override returns mmseg's values where the resize is the identity, and mmseg's own output (its
+    crop of the padding, flip and resize to ori_shape) everywhere else."""
+    from mmseg.models.segmentors.base import BaseSegmentor
+
+    model = build_model(tmp_path)
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, len(CLASSES), 64, 64, generator=g)
+    plain = make_batch()["data_samples"]
+    ours = model.postprocess_result(logits, [s.clone() for s in plain])
+    ref = BaseSegmentor.postprocess_result(model, logits, [s.clone() for s in plain])
+    for a, b in zip(ours, ref):
+        assert torch.equal(a.seg_logits.data, b.seg_logits.data)
+        assert torch.equal(a.pred_sem_seg.data, b.pred_sem_seg.data)
+    assert ours[0].seg_logits.data.data_ptr() == logits[0].data_ptr()   # no copy was made
+    odd = [s.clone() for s in plain]
+    odd[0].set_metainfo(dict(padding_size=[0, 8, 0, 8], ori_shape=(56, 56)))   # padded: cropped back
+    odd[1].set_metainfo(dict(flip=True, flip_direction="horizontal"))
+    ours = model.postprocess_result(logits, [s.clone() for s in odd])
+    assert ours[0].seg_logits.data.shape == (len(CLASSES), 56, 56)
+    assert torch.equal(ours[0].seg_logits.data, logits[0, :, :56, :56])
+    assert torch.equal(ours[1].seg_logits.data, logits[1].flip(-1))
+    assert torch.equal(ours[1].pred_sem_seg.data[0], logits[1].flip(-1).argmax(0))
+
+
 def test_tensor_mode_and_vocabulary_override(tmp_path):
     model = build_model(tmp_path)
     batch = model.data_preprocessor(make_batch(), False)
